@@ -1,0 +1,368 @@
+"""Job configuration: one YAML file plus dotted ``key=value`` overrides, validated.
+
+Every user mistake becomes a :class:`ConfigError` that names the key, what was wrong and
+how to fix it (with a did-you-mean for unknown keys). Per-scale fields accept a scalar
+(every scale) or a list ordered finest -> coarsest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from gigasid.errors import ConfigError
+
+APPS = ("uncond", "retarget", "reconstruct")
+BACKENDS = ("auto", "exact", "sdpa", "ann")
+INDEXES = ("flat", "ivf", "ivfpq")
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("flow_linear", "ve_edm")
+MAX_OUTPUT_SIDE = 1_000_000
+
+
+@dataclass
+class PyramidConfig:
+    num_scales: Union[int, str] = "auto"  # noqa: UP007 - checked at runtime
+    min_short_side: Union[int, None] = 24  # noqa: UP007
+    relative_scale: float = 0.5
+
+
+@dataclass
+class DenoiserConfig:
+    backend: Union[str, list] = "auto"  # noqa: UP007
+    k: int = 5
+    nprobe: int = 2
+    index: str = "ivf"
+    nlist: Union[int, None] = None  # noqa: UP007
+    pq_m: int = 16
+    pca_dim: int = 64
+    train_size: int = 65536
+    exact_max_patches: Union[int, None] = None  # noqa: UP007
+
+
+@dataclass
+class EngineConfig:
+    tile_size: int = 0
+    threads: Union[int, None] = None  # noqa: UP007
+
+
+@dataclass
+class OutputConfig:
+    formats: list = field(default_factory=lambda: ["png"])
+    tile_size: int = 256
+    tiff_compression: str = "jpeg"
+    quality: int = 90
+    dzi_tile_format: str = "jpg"
+    dzi_container: str = "fs"
+    preview_long_side: int = 1024
+
+
+@dataclass
+class JobConfig:
+    app: str = "uncond"
+    input: str = ""
+    seed: int = 0
+    num_samples: int = 1
+    output_size: Union[list, None] = None  # noqa: UP007
+    patch_size: int = 15
+    num_steps: Union[int, list] = 10  # noqa: UP007
+    eta: float = 0.0
+    fold_rho: Union[float, list] = 0.2  # noqa: UP007
+    sigma_min: float = 1e-4
+    schedule: str = "flow_linear"
+    dataset_stride: Union[int, list] = 1  # noqa: UP007
+    query_stride: Union[int, list] = 1  # noqa: UP007
+    noise_level: float = 0.3
+    device: str = "auto"
+    dtype: str = "float32"
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # Where the config was loaded from; relative input paths resolve against it.
+    base_dir: str = field(default=".", metadata={"internal": True})
+    name: str = field(default="job", metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        """Plain-data view without internal fields (what ``job.yaml`` stores)."""
+        d = dataclasses.asdict(self)
+        for f in fields(self):
+            if f.metadata.get("internal"):
+                d.pop(f.name)
+        return d
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical YAML of the resolved config."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def input_path(self) -> Path:
+        """The input image, resolved against the config's directory (or a bundled image)."""
+        if self.input.startswith("builtin:"):
+            from gigasid.io.images import builtin_image
+
+            return builtin_image(self.input.split(":", 1)[1])
+        p = Path(self.input).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _schema_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not
+                                     dataclasses.MISSING else None):
+            keys += _schema_keys(f.default_factory, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+ALL_KEYS = _schema_keys(JobConfig)
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check ``value`` against the annotated type, converting YAML scalars where safe."""
+    origin = get_origin(typ)
+    options = get_args(typ) if origin is Union else (typ,)
+    errors = []
+    for opt in options:
+        if opt is type(None):
+            if value is None:
+                return None
+            continue
+        if opt is list:
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            continue
+        if opt is bool:
+            if isinstance(value, bool):
+                return value
+            continue
+        if opt is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            continue
+        if opt is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
+                return math.inf
+            continue
+        if opt is str:
+            if isinstance(value, str):
+                return value
+            continue
+        errors.append(opt)
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"config key '{key}' must be {names}, got {value!r}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise _unknown(prefix + str(key), [k for k in ALL_KEYS if k.startswith(prefix)]
+                           or ALL_KEYS)
+        f = known[key]
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value if value is not None else {}, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(value, typ, prefix + key)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{key}': '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``dotted.key=value`` override; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. seed=3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in ALL_KEYS:
+        raise _unknown(key, ALL_KEYS)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Load, merge and validate a job config.
+
+    Parameters
+    ----------
+    path:
+        YAML file (``None`` for defaults only).
+    overrides:
+        ``key=value`` strings with dotted keys, applied after the file.
+    """
+    data: dict = {}
+    base_dir, name = ".", "job"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+        data = loaded
+        base_dir, name = str(p.resolve().parent), p.stem
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(JobConfig, data)
+    cfg.base_dir, cfg.name = base_dir, name
+    validate(cfg)
+    return cfg
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; "
+                          f"got {value!r}{hint}")
+
+
+def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        hi is not None and value > hi)
+    if bad:
+        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        hi_s = "" if hi is None else f"<= {hi}"
+        rng = " and ".join(s for s in (lo_s, hi_s) if s)
+        raise ConfigError(f"config key '{key}' must be {rng}; got {value}")
+
+
+def _per_scale_items(key: str, value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def validate(cfg: JobConfig) -> None:
+    """Range and consistency checks that do not need the input image."""
+    _check_choice("app", cfg.app, APPS)
+    if not cfg.input:
+        raise ConfigError("config key 'input' is required: the path of the reference image "
+                          "(relative to the config file) or builtin:NAME")
+    _check_range("num_samples", cfg.num_samples, 1, 10_000)
+    _check_range("patch_size", cfg.patch_size, 3, 255)
+    _check_range("eta", cfg.eta, 0.0, 1.0)
+    _check_range("sigma_min", cfg.sigma_min, 0.0, 0.5, lo_open=True)
+    _check_range("noise_level", cfg.noise_level, 0.0, 1.0, lo_open=True)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("device", cfg.device, DEVICES)
+    _check_choice("dtype", cfg.dtype, DTYPES)
+    for v in _per_scale_items("num_steps", cfg.num_steps):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(f"config key 'num_steps' entries must be integers; got {v!r}")
+        _check_range("num_steps", v, 1, 10_000)
+    for k in ("dataset_stride", "query_stride"):
+        for v in _per_scale_items(k, getattr(cfg, k)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"config key '{k}' entries must be integers; got {v!r}")
+            _check_range(k, v, 1, cfg.patch_size)
+    rhos = _per_scale_items("fold_rho", cfg.fold_rho)
+    for i, v in enumerate(rhos):
+        try:
+            rhos[i] = _coerce(v, float, "fold_rho")
+        except ConfigError:
+            raise ConfigError(f"config key 'fold_rho' entries must be numbers or .inf; "
+                              f"got {v!r}") from None
+        _check_range("fold_rho", rhos[i], 0.0, None, lo_open=True)
+    cfg.fold_rho = rhos if isinstance(cfg.fold_rho, list) else rhos[0]
+    for v in _per_scale_items("denoiser.backend", cfg.denoiser.backend):
+        _check_choice("denoiser.backend", v, BACKENDS)
+    d = cfg.denoiser
+    _check_range("denoiser.k", d.k, 1, 4096)
+    _check_range("denoiser.nprobe", d.nprobe, 1, None)
+    _check_choice("denoiser.index", d.index, INDEXES)
+    _check_range("denoiser.pq_m", d.pq_m, 1, 256)
+    _check_range("denoiser.pca_dim", d.pca_dim, 0, None)
+    _check_range("denoiser.train_size", d.train_size, 256, None)
+    p = cfg.pyramid
+    if isinstance(p.num_scales, str):
+        if p.num_scales != "auto":
+            raise ConfigError("config key 'pyramid.num_scales' must be an integer >= 1 or "
+                              f"'auto'; got {p.num_scales!r}")
+    else:
+        _check_range("pyramid.num_scales", p.num_scales, 1, 32)
+    if p.min_short_side is not None:
+        _check_range("pyramid.min_short_side", p.min_short_side, 1, None)
+    _check_range("pyramid.relative_scale", p.relative_scale, 0.05, 0.95)
+    if cfg.output_size is not None:
+        osz = cfg.output_size
+        if (len(osz) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                     for v in osz)):
+            raise ConfigError(f"config key 'output_size' must be [height, width] in pixels; "
+                              f"got {osz!r}")
+        for v in osz:
+            if v < 1 or v > MAX_OUTPUT_SIDE:
+                raise ConfigError(f"config key 'output_size' sides must be between 1 and "
+                                  f"{MAX_OUTPUT_SIDE} pixels; got {osz}")
+    if cfg.app == "retarget" and cfg.output_size is None:
+        raise ConfigError("app 'retarget' needs output_size: [height, width]")
+    _check_range("engine.tile_size", cfg.engine.tile_size, 0, None)
+    if cfg.engine.threads is not None:
+        _check_range("engine.threads", cfg.engine.threads, 1, 1024)
+    o = cfg.output
+    for fmt in o.formats:
+        _check_choice("output.formats", fmt, ("png", "tiff", "dzi", "preview", "viewer", "zarr"))
+    _check_choice("output.tiff_compression", o.tiff_compression,
+                  ("jpeg", "deflate", "webp", "lzw", "none"))
+    _check_range("output.quality", o.quality, 1, 100)
+    _check_choice("output.dzi_tile_format", o.dzi_tile_format, ("jpg", "png", "webp"))
+    _check_choice("output.dzi_container", o.dzi_container, ("fs", "zip"))
+
+
+def per_scale(value: Any, num_scales: int, key: str) -> list:
+    """Expand a scalar-or-list field to ``num_scales`` entries (finest first)."""
+    if isinstance(value, list):
+        if len(value) != num_scales:
+            raise ConfigError(f"config key '{key}' has {len(value)} entries but the job has "
+                              f"{num_scales} scales (list them finest first, or give one value)")
+        return list(value)
+    return [value] * num_scales
+
+
+def dump_yaml(cfg: JobConfig) -> str:
+    """The resolved config as YAML (``inf`` written as ``.inf``)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

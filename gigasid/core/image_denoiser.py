@@ -1,0 +1,146 @@
+"""Image-level denoiser (spec §2.4) and the Laplacian cross-scale blend (spec §4.4), per region.
+
+A region's estimate is the Gaussian-weighted average of the predictions of every patch that
+overlaps it, exactly as in the whole-image computation: the patch grid is global, so a tile
+with enough input halo reproduces the corresponding pixels of the whole-image result.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gigasid.core import patches as P
+from gigasid.core import resample
+
+Region = tuple[int, int, int, int]
+
+
+def patch_halo_region(image_shape: tuple[int, int], patch: int, stride: int,
+                      region: Region) -> Region:
+    """Input window ``(y0, y1, x0, x1)`` that :func:`denoise_region` reads for ``region``."""
+    h, w = image_shape
+    ys = P.starts_touching(P.patch_starts(h, patch, stride), patch, region[0], region[1])
+    xs = P.starts_touching(P.patch_starts(w, patch, stride), patch, region[2], region[3])
+    return (*P.input_span(ys, patch), *P.input_span(xs, patch))
+
+
+def _coverage_1d(starts: torch.Tensor, g: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Sum of the 1-D fold window over all windows, on pixels ``lo .. hi-1``."""
+    cov = torch.zeros(hi - lo, dtype=torch.float64)
+    p = g.shape[0]
+    for s in starts.tolist():
+        a, b = max(s, lo), min(s + p, hi)
+        if a < b:
+            cov[a - lo : b - lo] += g[a - s : b - s]
+    return cov
+
+
+def denoise_region(
+    x: torch.Tensor,
+    origin: tuple[int, int],
+    image_shape: tuple[int, int],
+    region: Region,
+    patch: int,
+    stride: int,
+    window: torch.Tensor,
+    denoiser,
+    alpha: float,
+    sigma: float,
+    chunk_patches: int = 16384,
+) -> torch.Tensor:
+    """Closed-form image denoiser evaluated on one region.
+
+    Parameters
+    ----------
+    x:
+        ``(C, h, w)`` window of the noisy image ``x_t`` whose top-left pixel is ``origin``
+        (global); it must contain :func:`patch_halo_region` of ``region``.
+    image_shape:
+        Global ``(H, W)`` of this scale.
+    region:
+        ``(y0, y1, x0, x1)`` output region, global coordinates.
+    patch, stride:
+        Patch side ``P`` and query stride (the grid always covers the border).
+    window:
+        1-D fold window ``g`` of length ``P`` (see :func:`patches.fold_weights`); the 2-D
+        weight is ``g(u) g(v)``.
+    denoiser:
+        A patch denoiser: ``denoiser(queries (M, D), alpha, sigma) -> (M, D)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, y1 - y0, x1 - x0)`` float32 estimate of the clean image on ``region``.
+    """
+    c = x.shape[0]
+    h, w = image_shape
+    y0, y1, x0, x1 = region
+    ys = P.starts_touching(P.patch_starts(h, patch, stride), patch, y0, y1)
+    xs = P.starts_touching(P.patch_starts(w, patch, stride), patch, x0, x1)
+    sy0, sy1 = P.input_span(ys, patch)
+    sx0, sx1 = P.input_span(xs, patch)
+    oy, ox = origin
+    if sy0 < oy or sx0 < ox or sy1 > oy + x.shape[1] or sx1 > ox + x.shape[2]:
+        raise ValueError("input window does not contain the patch halo of the region")
+    g = window.to(torch.float64)
+    w2 = (g[:, None] * g[None, :]).to(torch.float32)
+    wflat = w2.expand(c, patch, patch).reshape(-1)
+    num = torch.zeros((c, sy1 - sy0, sx1 - sx0), dtype=torch.float32, device=x.device)
+    rows = max(1, chunk_patches // len(xs))
+    xs_local = xs - ox
+    for i in range(0, len(ys), rows):
+        yc = ys[i : i + rows]
+        q = P.extract(x, yc - oy, xs_local, patch)
+        est = denoiser(q, alpha, sigma).to(torch.float32)
+        est.mul_(wflat.to(est.device))
+        P.fold(est, yc - sy0, xs - sx0, patch, c, out=num)
+    # The normaliser is separable because the window and the grid are.
+    cy = _coverage_1d(ys, g, y0, y1)
+    cx = _coverage_1d(xs, g, x0, x1)
+    den = (cy[:, None] * cx[None, :]).to(torch.float32).to(x.device)
+    return num[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0] / den
+
+
+def blend_low_shape(fine_shape: tuple[int, int], ratio: float,
+                    min_short_side: int | None) -> tuple[int, int]:
+    """Shape of the low-pass band of ``fine`` (spec §4.4: the pyramid's next level)."""
+    from gigasid.core.pyramid import pyramid_shapes
+
+    return pyramid_shapes(fine_shape, 2, ratio, min_short_side, check=False)[1]
+
+
+def blend_input_region(fine_shape, low_shape, coarser_shape, region: Region) -> tuple[Region, Region]:
+    """Windows of the fine estimate and of the coarser result that the blend of ``region`` reads.
+
+    Returns ``(fine_window, coarser_window)``; ``fine_window`` contains ``region``.
+    """
+    ly0, ly1, lx0, lx1 = resample.input_region(low_shape, fine_shape, region)
+    fy0, fy1, fx0, fx1 = resample.input_region(fine_shape, low_shape, (ly0, ly1, lx0, lx1))
+    fine = (min(fy0, region[0]), max(fy1, region[1]), min(fx0, region[2]), max(fx1, region[3]))
+    coarse = resample.input_region(coarser_shape, fine_shape, region)
+    return fine, coarse
+
+
+def laplacian_blend(
+    fine: torch.Tensor,
+    fine_origin: tuple[int, int],
+    coarser: torch.Tensor,
+    coarser_origin: tuple[int, int],
+    fine_shape: tuple[int, int],
+    low_shape: tuple[int, int],
+    coarser_shape: tuple[int, int],
+    region: Region,
+) -> torch.Tensor:
+    """``up(coarser) + fine - up(down(fine))`` on ``region`` (spec §4.4).
+
+    ``fine`` and ``coarser`` are windows (with their global origins) that contain the regions
+    returned by :func:`blend_input_region`.
+    """
+    low_region = resample.input_region(low_shape, fine_shape, region)
+    low = resample.resize_region(fine, fine_origin, fine_shape, low_shape, low_region)
+    detail_lp = resample.resize_region(low, low_region[::2], low_shape, fine_shape, region)
+    base = resample.resize_region(coarser, coarser_origin, coarser_shape, fine_shape, region)
+    y0, y1, x0, x1 = region
+    oy, ox = fine_origin
+    f = fine[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox].to(base.dtype)
+    return base + f - detail_lp

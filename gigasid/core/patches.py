@@ -1,0 +1,141 @@
+"""Patch grids, extraction and the Gaussian-weighted fold (spec §2), region by region.
+
+Patch positions are functions of GLOBAL coordinates: only windows fully inside the image are
+valid (no padding), and with stride ``s > 1`` the grid is anchored at global multiples of
+``s`` *plus* the last window ``size - P``, so every row and column is covered (the reference
+implementation leaves a zero band there instead).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_starts(size: int, patch: int, stride: int = 1) -> torch.Tensor:
+    """Start offsets of the valid windows along one axis, covering every pixel.
+
+    Parameters
+    ----------
+    size:
+        Length of the axis (global).
+    patch:
+        Patch side ``P``; must be ``<= size``.
+    stride:
+        Grid step; the window ``size - P`` is always added so the border is covered.
+    """
+    if patch > size:
+        raise ValueError(f"patch {patch} larger than axis {size}")
+    starts = torch.arange(0, size - patch + 1, stride, dtype=torch.int64)
+    if int(starts[-1]) != size - patch:
+        starts = torch.cat([starts, torch.tensor([size - patch])])
+    return starts
+
+
+def starts_touching(starts: torch.Tensor, patch: int, lo: int, hi: int) -> torch.Tensor:
+    """The subset of window starts whose window intersects ``[lo, hi)``."""
+    keep = (starts + patch > lo) & (starts < hi)
+    return starts[keep]
+
+
+def input_span(starts: torch.Tensor, patch: int) -> tuple[int, int]:
+    """The pixel range ``[lo, hi)`` read by the windows starting at ``starts``."""
+    return int(starts[0]), int(starts[-1]) + patch
+
+
+def extract(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, patch: int) -> torch.Tensor:
+    """Gather the windows at ``ys x xs`` (offsets into ``x``) as flat patches.
+
+    Parameters
+    ----------
+    x:
+        ``(C, H, W)`` tensor.
+    ys, xs:
+        1-D int64 start offsets relative to ``x``'s origin.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(len(ys) * len(xs), C * P * P)``, rows in row-major window order, each patch
+        flattened channel-major ``(C, P, P)``.
+    """
+    c = x.shape[0]
+    ar = torch.arange(patch, dtype=torch.int64, device=x.device)
+    iy = (ys.to(x.device)[:, None] + ar[None, :])  # (nY, P)
+    ix = (xs.to(x.device)[:, None] + ar[None, :])  # (nX, P)
+    # (C, nY, P, nX, P) via two gathers; this avoids materialising stride-1 unfolds.
+    rows = x[:, iy, :]  # (C, nY, P, W)
+    pat = rows[:, :, :, ix]  # (C, nY, P, nX, P)
+    pat = pat.permute(1, 3, 0, 2, 4)  # (nY, nX, C, P, P)
+    return pat.reshape(len(ys) * len(xs), c * patch * patch)
+
+
+def fold_weights(patch: int, rho: float, channels: int, dtype=torch.float32) -> torch.Tensor:
+    """Separable Gaussian fold window over normalised coordinates ``u in [-1, 1]``.
+
+    ``g(u) = exp(-u^2 / (2 rho^2))``; ``rho = inf`` gives uniform weights. Returned as a
+    ``(C * P * P,)`` vector matching the flattened patch layout.
+    """
+    if math.isinf(rho):
+        g = torch.ones(patch, dtype=torch.float64)
+    else:
+        if rho <= 0:
+            raise ValueError("fold_rho must be positive (use inf for uniform weights)")
+        u = torch.linspace(-1.0, 1.0, patch, dtype=torch.float64)
+        g = torch.exp(-0.5 * (u / rho) ** 2)
+    w2 = g[:, None] * g[None, :]
+    return w2.expand(channels, patch, patch).reshape(-1).to(dtype)
+
+
+def _runs(starts: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Split sorted starts into arithmetic runs ``(first, step, count)`` for ``F.fold``."""
+    s = starts.tolist()
+    runs: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(s):
+        if i + 1 == len(s):
+            runs.append((s[i], 1, 1))
+            break
+        d = s[i + 1] - s[i]
+        j = i + 1
+        while j + 1 < len(s) and s[j + 1] - s[j] == d:
+            j += 1
+        runs.append((s[i], d, j - i + 1))
+        i = j + 1
+    return runs
+
+
+def fold(
+    patches: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    patch: int,
+    channels: int,
+    out_shape: tuple[int, int] | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Overlap-add flat patches at window offsets ``ys x xs`` into a ``(C, H, W)`` canvas.
+
+    The offsets are relative to the canvas origin and every window must lie inside it. The
+    window grid may be irregular (a regular stride grid plus the border window); it is split
+    into arithmetic runs so each block is one ``F.fold`` call. Pass ``out`` to accumulate into
+    an existing canvas, or ``out_shape`` to start from zeros.
+    """
+    if out is None:
+        if out_shape is None:
+            raise ValueError("fold needs out_shape or out")
+        out = torch.zeros((channels, *out_shape), dtype=patches.dtype, device=patches.device)
+    grid = patches.reshape(len(ys), len(xs), channels * patch * patch)
+    yi = 0
+    for y0, dy, ny in _runs(ys):
+        xi = 0
+        for x0, dx, nx in _runs(xs):
+            block = grid[yi : yi + ny, xi : xi + nx].reshape(ny * nx, -1).T[None]
+            bh, bw = (ny - 1) * dy + patch, (nx - 1) * dx + patch
+            folded = F.fold(block, (bh, bw), patch, stride=(dy, dx))[0]
+            out[:, y0 : y0 + bh, x0 : x0 + bw] += folded
+            xi += nx
+        yi += ny
+    return out

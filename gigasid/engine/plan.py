@@ -1,0 +1,187 @@
+"""Per-scale plan of a job: shapes, patch counts, backend, steps, tiles, cost estimates.
+
+``gigasid plan`` prints it; the runner executes it. Nothing here touches pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from gigasid.config import JobConfig, per_scale
+from gigasid.core.patches import patch_starts
+from gigasid.core.pyramid import auto_num_scales, pyramid_shapes
+from gigasid.errors import InputError
+
+#: Default ``denoiser.exact_max_patches`` per device: exact below, ANN above ("auto").
+EXACT_MAX_PATCHES = {"cpu": 3000, "cuda": 250_000}
+
+#: Throughput model used for estimates (calibrated by pipelines/bench_core.py on 2 cores).
+CPU_GFLOPS = {"float32": 150.0, "bfloat16": 450.0}
+CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
+ANN_SECONDS_PER_QUERY = {"cpu": 2.0e-6, "cuda": 5.0e-8}
+PIXEL_SECONDS = {"cpu": 2.5e-7, "cuda": 5e-9}  # extraction + fold per query element
+
+
+@dataclass
+class ScalePlan:
+    """What the engine does at one scale."""
+
+    index: int
+    ref_shape: tuple[int, int]
+    shape: tuple[int, int]
+    num_steps: int
+    patch: int
+    dataset_stride: int
+    query_stride: int
+    fold_rho: float
+    backend: str
+    denoised: bool
+    n_patches: int
+    n_queries: int
+    tiles: list[tuple[int, int, int, int]] = field(default_factory=list)
+    est_seconds: float = 0.0
+    est_bytes: int = 0
+
+
+@dataclass
+class JobPlan:
+    """The whole job: scales finest first plus totals."""
+
+    app: str
+    channels: int
+    ref_shape: tuple[int, int]
+    out_shape: tuple[int, int]
+    device: str
+    dtype: str
+    num_samples: int
+    scales: list[ScalePlan]
+    est_setup_seconds: float = 0.0
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scales)
+
+    @property
+    def est_sample_seconds(self) -> float:
+        return sum(s.est_seconds for s in self.scales)
+
+    @property
+    def est_peak_bytes(self) -> int:
+        return max(s.est_bytes for s in self.scales)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["est_sample_seconds"] = self.est_sample_seconds
+        d["est_peak_bytes"] = self.est_peak_bytes
+        return d
+
+
+def _count(shape: tuple[int, int], patch: int, stride: int) -> int:
+    if min(shape) < patch:
+        return 0
+    return len(patch_starts(shape[0], patch, stride)) * len(patch_starts(shape[1], patch, stride))
+
+
+def tile_grid(shape: tuple[int, int], tile: int) -> list[tuple[int, int, int, int]]:
+    """Row-major tiles ``(y0, y1, x0, x1)`` of side ``tile`` (0 = one region)."""
+    h, w = shape
+    if tile <= 0:
+        return [(0, h, 0, w)]
+    return [(y, min(y + tile, h), x, min(x + tile, w))
+            for y in range(0, h, tile) for x in range(0, w, tile)]
+
+
+def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
+              channels: int = 3) -> JobPlan:
+    """Resolve every ``auto`` and per-scale field into a :class:`JobPlan`.
+
+    Raises :class:`InputError` when the image is too small for the patch size.
+    """
+    P = cfg.patch_size
+    out_shape = tuple(cfg.output_size) if cfg.output_size else tuple(ref_shape)
+    mss = cfg.pyramid.min_short_side
+    if min(ref_shape) < P:
+        raise InputError(
+            f"the input is {ref_shape[1]}x{ref_shape[0]} px, smaller than patch_size={P}; "
+            f"use a larger image or a smaller patch_size (at most {min(ref_shape)})")
+    if cfg.pyramid.num_scales == "auto":
+        short = min(*ref_shape, *out_shape)
+        try:
+            S = auto_num_scales(short, P, mss)
+        except ValueError:
+            raise InputError(
+                f"the shorter side ({short} px, over input and output) is below "
+                f"pyramid.min_short_side={mss or round(1.7 * P)}; lower min_short_side or "
+                "patch_size, or use a larger image") from None
+    else:
+        S = int(cfg.pyramid.num_scales)
+    try:
+        ref_shapes = pyramid_shapes(tuple(ref_shape), S, cfg.pyramid.relative_scale, mss)
+        out_shapes = pyramid_shapes(out_shape, S, cfg.pyramid.relative_scale, mss)
+    except ValueError as exc:
+        raise InputError(f"pyramid: {exc}") from None
+    steps = per_scale(cfg.num_steps, S, "num_steps")
+    dstr = per_scale(cfg.dataset_stride, S, "dataset_stride")
+    qstr = per_scale(cfg.query_stride, S, "query_stride")
+    rhos = per_scale(cfg.fold_rho, S, "fold_rho")
+    backends = per_scale(cfg.denoiser.backend, S, "denoiser.backend")
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    exact_max = cfg.denoiser.exact_max_patches or EXACT_MAX_PATCHES[dev]
+    scales = []
+    for s in range(S):
+        denoised = not (cfg.app == "retarget" and s == S - 1 and S > 1)
+        if denoised:
+            for what, shp in (("reference", ref_shapes[s]), ("output", out_shapes[s])):
+                if min(shp) < P:
+                    raise InputError(
+                        f"scale {s} of the {what} is {shp[1]}x{shp[0]} px, smaller than "
+                        f"patch_size={P}; raise pyramid.min_short_side (now {mss}), lower "
+                        f"pyramid.num_scales (now {S}) or lower patch_size")
+        n = _count(ref_shapes[s], P, dstr[s]) if denoised else 0
+        m = _count(out_shapes[s], P, qstr[s]) if denoised else 0
+        backend = backends[s]
+        if backend == "auto":
+            backend = "exact" if n <= exact_max else "ann"
+        scales.append(ScalePlan(
+            index=s, ref_shape=ref_shapes[s], shape=out_shapes[s], num_steps=steps[s],
+            patch=P, dataset_stride=dstr[s], query_stride=qstr[s], fold_rho=rhos[s],
+            backend=backend if denoised else "-", denoised=denoised, n_patches=n,
+            n_queries=m, tiles=tile_grid(out_shapes[s], cfg.engine.tile_size)))
+    plan = JobPlan(app=cfg.app, channels=channels, ref_shape=tuple(ref_shape),
+                   out_shape=out_shape, device=dev, dtype=cfg.dtype,
+                   num_samples=cfg.num_samples, scales=scales)
+    _estimate(plan, cfg)
+    return plan
+
+
+def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
+    """Fill in time and memory estimates from a simple throughput model."""
+    dev, dt = plan.device, plan.dtype
+    gflops = (CPU_GFLOPS if dev == "cpu" else CUDA_GFLOPS)[dt]
+    elem = 2 if dt == "bfloat16" else 4
+    setup = 0.0
+    for s in plan.scales:
+        D = plan.channels * s.patch * s.patch
+        steps = s.num_steps
+        if cfg.app == "reconstruct":
+            # inversion up to the noise level and back down
+            steps = 2 * max(1, round(cfg.noise_level * s.num_steps))
+        if not s.denoised:
+            continue
+        fold = PIXEL_SECONDS[dev] * s.n_queries * D
+        if s.backend in ("exact", "sdpa"):
+            per_step = 4.0 * s.n_patches * s.n_queries * D / (gflops * 1e9) + fold
+            block = min(s.n_queries, max(1, 256 * 2**20 // (8 * max(1, s.n_patches))))
+            work = block * s.n_patches * 8
+        else:
+            per_step = ANN_SECONDS_PER_QUERY[dev] * s.n_queries * math.sqrt(
+                max(1, s.n_patches)) / 16 + 2 * fold
+            work = 8192 * (cfg.denoiser.k + 2) * D * 4
+            setup += 2e-8 * s.n_patches * D
+        # alpha = 0 at the first step returns the dataset mean: nearly free.
+        s.est_seconds = per_step * max(steps - 1, 1)
+        image = plan.channels * s.shape[0] * s.shape[1] * 4
+        dataset = s.n_patches * D * (elem + (4 if s.backend == "ann" else 0))
+        s.est_bytes = int(dataset + 6 * image + work + min(s.n_queries, 16384) * D * 8)
+    plan.est_setup_seconds = setup

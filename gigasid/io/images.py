@@ -1,0 +1,110 @@
+"""Reading reference images and writing plain image files, with errors a person can act on."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gigasid.errors import InputError
+
+#: Largest input decoded whole into memory (pixels).
+MAX_IN_MEMORY_PIXELS = 256 * 2**20
+
+
+def builtin_image(name: str) -> Path:
+    """Path of an image bundled with gigasid (``hubble``, ``rocket``, ``astronaut``, ...)."""
+    root = importlib.resources.files("gigasid") / "data"
+    path = Path(str(root / f"{name}.png"))
+    if not path.is_file():
+        names = sorted(p.name[:-4] for p in Path(str(root)).glob("*.png"))
+        raise InputError(f"no bundled image named '{name}'; available: {', '.join(names)}")
+    return path
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 of a file's bytes (what resume compares to detect a changed input)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image as a float32 ``(3, H, W)`` tensor in ``[0, 1]``.
+
+    Grey images are repeated to three channels and alpha is dropped. Raises
+    :class:`InputError` for a missing, unreadable, truncated or oversized file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input image not found: {p} (check 'input' in the config; relative "
+                         "paths are resolved against the config file's folder)")
+    if not p.is_file():
+        raise InputError(f"input path is not a file: {p}")
+    if p.suffix.lower() in (".tif", ".tiff"):
+        arr = _read_tiff(p)
+    else:
+        arr = _read_pil(p)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] >= 4:
+        arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        x = torch.from_numpy(arr.astype(np.float32)) / 65535.0
+    else:
+        x = torch.from_numpy(arr.astype(np.float32)).clamp(0, 1)
+    return x.permute(2, 0, 1).contiguous()
+
+
+def _read_pil(p: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            if im.width * im.height > MAX_IN_MEMORY_PIXELS:
+                raise InputError(f"{p}: {im.width}x{im.height} is too large to decode in memory")
+            im.load()
+            if im.mode not in ("RGB", "L", "RGBA", "I;16"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            return np.asarray(im)
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{p}: the image file is corrupt or truncated ({exc})") from None
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        arr = tifffile.imread(p)
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise InputError(f"{p}: the TIFF file is corrupt or unsupported ({exc})") from None
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, 2)
+    return arr
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` float in ``[0, 1]`` -> ``(H, W, C)`` uint8, rounded (not truncated)."""
+    a = (x.detach().to(torch.float32).clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return a.permute(1, 2, 0).cpu().numpy()
+
+
+def save_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """Write a ``(H, W, 3)`` uint8 array as PNG (parent folders are created)."""
+    from PIL import Image
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(p, optimize=False, compress_level=6)
+    return p
