@@ -44,7 +44,7 @@ class DenoiserConfig:
     nlist: Union[int, None] = None  # noqa: UP007
     pq_m: int = 16
     pca_dim: int = 64
-    train_size: int = 65536
+    train_size: int = 16384
     exact_max_patches: Union[int, None] = None  # noqa: UP007
 
 

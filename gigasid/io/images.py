@@ -57,7 +57,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     elif arr.shape[2] >= 4:
         arr = arr[:, :, :3]
     if arr.dtype == np.uint8:
-        x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
+        x = torch.from_numpy(np.array(arr, copy=True)).to(torch.float32) / 255.0
     elif arr.dtype == np.uint16:
         x = torch.from_numpy(arr.astype(np.float32)) / 65535.0
     else:
@@ -108,3 +108,31 @@ def save_png(rgb: np.ndarray, path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(p, optimize=False, compress_level=6)
     return p
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header, without decoding the pixels."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input image not found: {p} (check 'input' in the config; relative "
+                         "paths are resolved against the config file's folder)")
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as tf:
+                shape = tf.series[0].shape
+        except Exception as exc:
+            raise InputError(f"{p}: the TIFF file is corrupt or unsupported ({exc})") from None
+        if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
+            return int(shape[1]), int(shape[2])
+        return int(shape[0]), int(shape[1])
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            return im.height, im.width
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not a readable image (unknown or corrupt format)") from None
+    except OSError as exc:
+        raise InputError(f"{p}: the image file is corrupt or truncated ({exc})") from None

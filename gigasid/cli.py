@@ -1,0 +1,189 @@
+"""The ``gigasid`` command line: ``run``, ``plan``, ``--version``.
+
+Exit codes: 0 success, 1 internal error, 2 user/config/input error (message, no traceback),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gigasid import __version__
+from gigasid.errors import GigasidError, RunDirError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Training-free single-image diffusion: new images from one image.")
+
+ConfigArg = Annotated[Path, typer.Argument(help="Job config (YAML).", show_default=False)]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(  # noqa: UP045
+    help="Overrides as dotted key=value, e.g. seed=3 denoiser.backend=exact.",
+    show_default=False)]
+
+
+def _err(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gigasid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """gigasid turns one reference image into new images (variations, retargets, ...)."""
+
+
+def _run_dir_guard(out: Path, fingerprint: str, fresh: bool) -> None:
+    """Refuse to reuse a run directory that belongs to a different job."""
+    job_file = out / "job.yaml"
+    if not job_file.exists() or fresh:
+        return
+    import yaml
+
+    try:
+        old = yaml.safe_load(job_file.read_text()) or {}
+    except yaml.YAMLError:
+        old = {}
+    if old.get("fingerprint") != fingerprint:
+        raise RunDirError(
+            f"{out} holds a run with a different config or input (job.yaml fingerprint "
+            "differs); pass --fresh to start over there, or --out to choose another folder")
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory "  # noqa: UP045
+                                                "(default: runs/<config name>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard an existing run in --out "
+                                        "that has a different config.")] = False,
+) -> None:
+    """Run a job: generate images into the run directory."""
+    import yaml
+
+    from gigasid.config import dump_yaml, load_config
+    from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
+    from gigasid.engine.runner import run as run_job
+    from gigasid.io.images import file_fingerprint
+
+    cfg = load_config(config, overrides or [])
+    out = out or Path("runs") / cfg.name
+    inp = cfg.input_path()
+    if not inp.is_file():
+        from gigasid.io.images import load_image
+
+        load_image(inp)  # raises the InputError with the full message
+    fingerprint = _fingerprint(cfg, file_fingerprint(inp))
+    _run_dir_guard(out, fingerprint, fresh)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run directory {out}: {exc}") from None
+    job_doc = {"gigasid": __version__, "fingerprint": fingerprint,
+               "input": str(inp), "input_sha256": file_fingerprint(inp),
+               "config": yaml.safe_load(dump_yaml(cfg))}
+    (out / "job.yaml").write_text(yaml.safe_dump(job_doc, sort_keys=False))
+    log = JsonlLog(out / "log.jsonl")
+    screen = None if quiet else (RichReporter() if sys.stderr.isatty() else PlainReporter())
+    reporter = Fanout(log, screen)
+    try:
+        summary = run_job(cfg, out, reporter)
+    except KeyboardInterrupt:
+        log.event("interrupted")
+        raise
+    except GigasidError as exc:
+        log.event("error", message=str(exc))
+        raise
+    finally:
+        reporter.close()
+    (out / "plan.json").write_text(json.dumps(summary.pop("plan"), indent=2, default=list))
+    (out / "timings.json").write_text(json.dumps(summary, indent=2))
+    if not quiet:
+        typer.echo(f"wrote {len(summary['samples'])} image(s) to {out}")
+
+
+def _fingerprint(cfg, input_sha: str) -> str:
+    import hashlib
+
+    return hashlib.sha256((cfg.fingerprint() + input_sha).encode()).hexdigest()
+
+
+@app.command()
+def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
+    """Print the per-scale plan (sizes, patches, backend, estimates); touches nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gigasid.config import load_config
+    from gigasid.engine.plan import make_plan
+    from gigasid.engine.runner import resolve_device
+    from gigasid.io.images import image_shape
+
+    cfg = load_config(config, overrides or [])
+    shape = image_shape(cfg.input_path())
+    device = resolve_device(cfg.device)
+    p = make_plan(cfg, shape, device)
+    t = Table(title=f"{cfg.app}: {shape[1]}x{shape[0]} -> {p.out_shape[1]}x{p.out_shape[0]} px "
+                    f"on {device} ({cfg.dtype})")
+    for col in ("scale", "reference", "output", "patches N", "queries M", "backend", "steps",
+                "stride", "rho", "est. time", "est. memory"):
+        t.add_column(col, justify="right")
+    for s in p.scales:
+        t.add_row(str(s.index), f"{s.ref_shape[1]}x{s.ref_shape[0]}",
+                  f"{s.shape[1]}x{s.shape[0]}", f"{s.n_patches:,}", f"{s.n_queries:,}",
+                  s.backend, str(s.num_steps) if s.denoised else "pinned",
+                  str(s.query_stride), f"{s.fold_rho:g}", f"{s.est_seconds:.2f} s",
+                  f"{s.est_bytes / 2**20:.0f} MiB")
+    con = Console(width=max(Console().width, 132))
+    con.print(t)
+    con.print(f"estimated: setup {p.est_setup_seconds:.1f} s, {p.est_sample_seconds:.1f} s per "
+              f"sample x {p.num_samples}, peak memory {p.est_peak_bytes / 2**20:.0f} MiB")
+
+
+def main() -> None:
+    """Console entry point with the exit-code contract."""
+    try:
+        app(standalone_mode=False)
+    except GigasidError as exc:
+        _err(str(exc))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors come through here in standalone_mode=False
+        name = type(exc).__name__
+        if name in ("UsageError", "BadParameter", "NoSuchOption", "MissingParameter",
+                    "BadArgumentUsage", "NoArgsIsHelpError"):
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                _err(str(exc))
+            sys.exit(2)
+        traceback.print_exc()
+        _err(f"internal error ({name}); please report it with the traceback above")
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

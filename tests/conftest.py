@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep tests deterministic and cheap on small CI machines.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "gigasid" / "data"
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A real photograph (public domain, bundled) as (3, 256, 256) in [-1, 1]."""
+    from gigasid.io.images import load_image
+
+    return load_image(DATA / "astronaut.png") * 2 - 1
+
+
+@pytest.fixture(scope="session")
+def small_photo(photo):
+    from gigasid.core.resample import resize
+
+    return resize(photo, (64, 64))
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "gigasid", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)

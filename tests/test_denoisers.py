@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from gigasid.core import patches as P
+from gigasid.core.denoisers import AnnDenoiser, AnnSettings, ExactDenoiser, SdpaDenoiser
+
+
+def brute_force(x, y, alpha, sigma, topk=None):
+    """Float64 closed-form denoiser, optionally restricted to the true top-k patches."""
+    x, y = x.double(), y.double()
+    d2 = ((x[:, None, :] - alpha * y[None]) ** 2).sum(-1)
+    if topk is not None:
+        keep = d2.topk(topk, dim=1, largest=False).indices
+        mask = torch.full_like(d2, float("inf"))
+        mask.scatter_(1, keep, 0.0)
+        d2 = d2 + mask
+    w = torch.softmax(-d2 / (2 * sigma**2), dim=1)
+    return w @ y
+
+
+def real_patches(photo, p=7, n=1500):
+    data = P.extract(photo[:, :64, :64], P.patch_starts(64, p), P.patch_starts(64, p), p)
+    return data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))[:n]]
+
+
+def cases(photo):
+    g = torch.Generator().manual_seed(0)
+    yield "random", torch.randn(1200, 75, generator=g) * 0.5
+    yield "photo", real_patches(photo)
+
+
+@pytest.mark.parametrize("alpha,sigma", [(0.9, 0.1), (0.5, 0.5), (0.2, 0.8), (0.999, 0.02)])
+@pytest.mark.parametrize("cls", [ExactDenoiser, SdpaDenoiser])
+def test_exact_backends_match_float64(photo, cls, alpha, sigma):
+    for name, y in cases(photo):
+        g = torch.Generator().manual_seed(1)
+        idx = torch.randint(0, y.shape[0], (200,), generator=g)
+        x = alpha * y[idx] + sigma * torch.randn(200, y.shape[1], generator=g)
+        ref = brute_force(x, y, alpha, sigma)
+        out = cls(y)(x, alpha, sigma)
+        assert (out.double() - ref).abs().max() < 1e-4, name
+
+
+@pytest.mark.parametrize("alpha,sigma", [(0.9, 0.1), (0.5, 0.5), (0.999, 0.02)])
+def test_ann_flat_equals_exact_topk(photo, alpha, sigma):
+    for _, y in cases(photo):
+        g = torch.Generator().manual_seed(2)
+        idx = torch.randint(0, y.shape[0], (150,), generator=g)
+        x = alpha * y[idx] + sigma * torch.randn(150, y.shape[1], generator=g)
+        ann = AnnDenoiser(y, AnnSettings(k=8, index="flat", pca_dim=0))
+        ref = brute_force(x, y, alpha, sigma, topk=8)
+        assert (ann(x, alpha, sigma).double() - ref).abs().max() < 1e-4
+
+
+def test_alpha_zero_returns_dataset_mean(photo):
+    y = real_patches(photo)
+    x = torch.randn(10, y.shape[1])
+    mean = y.double().mean(0)
+    for den in (ExactDenoiser(y), SdpaDenoiser(y), AnnDenoiser(y, AnnSettings(index="ivf"))):
+        out = den(x, 0.0, 1.0)
+        assert (out.double() - mean).abs().max() < 1e-5
+
+
+def test_tiny_sigma_returns_nearest_patch(photo):
+    y = real_patches(photo)
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, y.shape[0], (50,), generator=g)
+    x = y[idx] + 1e-3 * torch.randn(50, y.shape[1], generator=g)
+    nearest = y[torch.cdist(x.double(), y.double()).argmin(1)]
+    for den in (ExactDenoiser(y), SdpaDenoiser(y),
+                AnnDenoiser(y, AnnSettings(k=4, index="ivf", nprobe=4))):
+        out = den(x, 1.0 - 1e-4, 1e-4)
+        assert (out - nearest).abs().max() < 1e-4, den.name
+
+
+def test_ivf_recall_and_error_are_reported(photo, capsys):
+    """IVF+PCA retrieval: report recall@k against exact search and the denoiser error."""
+    y = P.extract(photo[:, :96, :96], P.patch_starts(96, 7), P.patch_starts(96, 7), 7)
+    ann = AnnDenoiser(y, AnnSettings(k=5, index="ivf", nprobe=8, pca_dim=32))
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randint(0, y.shape[0], (300,), generator=g)
+    for alpha in (0.95, 0.7):
+        sigma = 1 - alpha
+        x = alpha * y[idx] + sigma * torch.randn(300, y.shape[1], generator=g)
+        true = torch.cdist(x / alpha, y).topk(5, largest=False).indices
+        got = ann.search(x, alpha)
+        recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, true)) / true.numel()
+        err = (ann(x, alpha, sigma).double() - brute_force(x, y, alpha, sigma)).abs().mean().item()
+        print(f"alpha={alpha}: recall@5={recall:.3f} mean abs error vs exact={err:.4f}")
+        assert recall > 0.5
+        assert err < 0.05
+
+
+def test_ann_search_widens_instead_of_failing():
+    """Lists too small for k are widened automatically (no -1 indices)."""
+    y = torch.randn(300, 12)
+    ann = AnnDenoiser(y, AnnSettings(k=20, index="ivf", nlist=60, nprobe=1, pca_dim=0))
+    idx = ann.search(torch.randn(40, 12), 1.0)
+    assert (idx >= 0).all() and idx.shape == (40, 20)
+
+
+@pytest.mark.parametrize("cls", [ExactDenoiser, SdpaDenoiser])
+def test_bfloat16_close_to_float32(photo, cls):
+    y = real_patches(photo)
+    x = 0.5 * y[:100] + 0.5 * torch.randn(100, y.shape[1], generator=torch.Generator().manual_seed(5))
+    a = cls(y)(x, 0.5, 0.5)
+    b = cls(y, compute_dtype=torch.bfloat16)(x, 0.5, 0.5)
+    assert (a - b).abs().mean() < 0.05

@@ -1,0 +1,51 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gigasid.core import patches as P
+from gigasid.core.denoisers import ExactDenoiser
+from gigasid.core.image_denoiser import denoise_region
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 5])
+@pytest.mark.parametrize("size", [(31, 40), (29, 29)])
+def test_query_grid_covers_every_pixel(stride, size):
+    h, w = size
+    ys, xs = P.patch_starts(h, 7, stride), P.patch_starts(w, 7, stride)
+    cov = torch.zeros(h, w)
+    for y in ys.tolist():
+        for x in xs.tolist():
+            cov[y : y + 7, x : x + 7] += 1
+    assert (cov > 0).all()
+    assert int(ys[-1]) == h - 7 and int(xs[-1]) == w - 7
+    assert all(int(v) % stride == 0 for v in ys[:-1])  # anchored at global multiples
+
+
+def test_extract_matches_unfold():
+    x = torch.rand(3, 20, 23)
+    ys, xs = P.patch_starts(20, 5), P.patch_starts(23, 5)
+    ours = P.extract(x, ys, xs, 5)
+    ref = F.unfold(x[None], 5)[0].T
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("rho", [0.2, 1.0, float("inf")])
+def test_fold_of_own_patches_reproduces_image(photo, stride, rho):
+    x = photo[:, :45, :52]
+    ys, xs = P.patch_starts(45, 9, stride), P.patch_starts(52, 9, stride)
+    data = P.extract(x, P.patch_starts(45, 9), P.patch_starts(52, 9), 9)
+    g = P.fold_weights(9, rho, 1)[:9] if rho == float("inf") else torch.exp(
+        -0.5 * (torch.linspace(-1, 1, 9, dtype=torch.float64) / rho) ** 2)
+    # At a tiny noise level the denoiser returns each patch itself.
+    out = denoise_region(x, (0, 0), (45, 52), (0, 45, 0, 52), 9, stride, g,
+                         ExactDenoiser(data), 1.0, 1e-4)
+    assert len(ys) * len(xs) > 0
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-5)
+
+
+def test_fold_weights_shape_and_uniform():
+    w = P.fold_weights(5, float("inf"), 3)
+    assert w.shape == (75,) and torch.all(w == 1)
+    g = P.fold_weights(5, 0.2, 1)
+    assert g.argmax() == 12  # centre of the 5x5 window
