@@ -1,0 +1,122 @@
+"""The command line: demo end to end, plan, and every user error -> exit 2 with a message."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_cli
+from gigasid.io.images import save_png, to_uint8
+
+
+@pytest.fixture
+def small_ref(tmp_path, photo):
+    from gigasid.core.resample import resize
+
+    p = tmp_path / "small.png"
+    save_png(to_uint8((resize(photo, (64, 80)) + 1) / 2), p)
+    return p
+
+
+def test_demo_config_end_to_end(tmp_path, small_ref):
+    out = tmp_path / "run"
+    r = run_cli("run", REPO / "configs" / "demo.yaml", f"input={small_ref}", "num_samples=2",
+                "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert (out / "sample_000.png").is_file() and (out / "sample_001.png").is_file()
+    job = yaml.safe_load((out / "job.yaml").read_text())
+    assert job["config"]["num_samples"] == 2 and len(job["fingerprint"]) == 64
+    timings = json.loads((out / "timings.json").read_text())
+    assert len(timings["sample_seconds"]) == 2
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert events[0] == "setup_done" and events[-1] == "job_done" and "step_done" in events
+    assert "sample 2" in r.stderr  # plain progress lines when not a TTY
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(out / "sample_000.png"), dtype=np.float32)
+    b = np.asarray(Image.open(out / "sample_001.png"), dtype=np.float32)
+    assert a.shape == b.shape == (64, 80, 3)
+    assert np.abs(a - b).mean() > 1.0  # two different samples
+
+
+def test_changed_config_refuses_existing_run(tmp_path, small_ref):
+    out = tmp_path / "run"
+    args = ["run", REPO / "configs" / "demo.yaml", f"input={small_ref}", "num_samples=1",
+            "num_steps=2", "--out", out, "--quiet"]
+    assert run_cli(*args).returncode == 0
+    before = (out / "job.yaml").read_text()
+    r = run_cli(*args, "seed=5")
+    assert r.returncode == 2 and "different config" in r.stderr and "--fresh" in r.stderr
+    assert (out / "job.yaml").read_text() == before
+    assert run_cli(*args, "seed=5", "--fresh").returncode == 0
+
+
+def test_plan_prints_table_and_writes_nothing(tmp_path, small_ref):
+    r = run_cli("plan", REPO / "configs" / "demo.yaml", f"input={small_ref}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "backend" in r.stdout and "est" in r.stdout
+    assert list(tmp_path.iterdir()) == [small_ref]
+
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("gigasid ")
+
+
+def _bad(tmp_path, *overrides, config=None):
+    cfg = config or REPO / "configs" / "demo.yaml"
+    return run_cli("run", cfg, *overrides, "--out", tmp_path / "bad", "--quiet")
+
+
+def test_missing_input(tmp_path):
+    r = _bad(tmp_path, f"input={tmp_path / 'nope.png'}")
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corrupt_and_truncated_input(tmp_path, small_ref):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    r = _bad(tmp_path, f"input={junk}")
+    assert r.returncode == 2 and "not a readable image" in r.stderr
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(small_ref.read_bytes()[:2000])
+    r = _bad(tmp_path, f"input={cut}")
+    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_image_smaller_than_patch(tmp_path):
+    p = tmp_path / "tiny.png"
+    save_png(to_uint8(torch.rand(3, 9, 9)), p)
+    r = _bad(tmp_path, f"input={p}")
+    assert r.returncode == 2 and "smaller than patch_size" in r.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("denoiser.backnd=ann", "did you mean 'denoiser.backend'"),
+    ("output_size=[-5, 100]", "output_size"),
+    ("output_size=[100000000, 100]", "output_size"),
+    ("output_size=big", "output_size"),
+    ("eta=3", "eta"),
+    ("num_steps=0", "num_steps"),
+    ("patch_size=seven", "patch_size"),
+    ("seed", "key=value"),
+])
+def test_config_errors(tmp_path, override, needle):
+    r = _bad(tmp_path, override)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written on a config error
+
+
+def test_unknown_key_in_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("app: uncond\ninput: builtin:hubble\npyramid:\n  min_short_sid: 3\n")
+    r = run_cli("run", cfg, "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "did you mean 'pyramid.min_short_side'" in r.stderr
+
+
+def test_missing_config_file(tmp_path):
+    r = run_cli("run", tmp_path / "none.yaml")
+    assert r.returncode == 2 and "not found" in r.stderr
