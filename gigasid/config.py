@@ -79,7 +79,7 @@ class JobConfig:
     sigma_min: float = 1e-4
     schedule: str = "flow_linear"
     dataset_stride: Union[int, list] = 1  # noqa: UP007
-    query_stride: Union[int, list] = 1  # noqa: UP007
+    query_stride: Union[int, list, str] = "auto"  # noqa: UP007
     noise_level: float = 0.3
     device: str = "auto"
     dtype: str = "float32"
@@ -297,8 +297,12 @@ def validate(cfg: JobConfig) -> None:
         _check_range("num_steps", v, 1, 10_000)
     for k in ("dataset_stride", "query_stride"):
         for v in _per_scale_items(k, getattr(cfg, k)):
+            if k == "query_stride" and v == "auto":
+                continue
             if not isinstance(v, int) or isinstance(v, bool):
-                raise ConfigError(f"config key '{k}' entries must be integers; got {v!r}")
+                raise ConfigError(f"config key '{k}' entries must be integers"
+                                  + (" or 'auto'" if k == "query_stride" else "")
+                                  + f"; got {v!r}")
             _check_range(k, v, 1, cfg.patch_size)
     rhos = _per_scale_items("fold_rho", cfg.fold_rho)
     for i, v in enumerate(rhos):

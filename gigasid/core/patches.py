@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def patch_starts(size: int, patch: int, stride: int = 1) -> torch.Tensor:
@@ -53,7 +52,7 @@ def extract(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, patch: int) -> 
     x:
         ``(C, H, W)`` tensor.
     ys, xs:
-        1-D int64 start offsets relative to ``x``'s origin.
+        1-D int64 start offsets relative to ``x``'s origin, increasing.
 
     Returns
     -------
@@ -62,14 +61,19 @@ def extract(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, patch: int) -> 
         flattened channel-major ``(C, P, P)``.
     """
     c = x.shape[0]
-    ar = torch.arange(patch, dtype=torch.int64, device=x.device)
-    iy = (ys.to(x.device)[:, None] + ar[None, :])  # (nY, P)
-    ix = (xs.to(x.device)[:, None] + ar[None, :])  # (nX, P)
-    # (C, nY, P, nX, P) via two gathers; this avoids materialising stride-1 unfolds.
-    rows = x[:, iy, :]  # (C, nY, P, W)
-    pat = rows[:, :, :, ix]  # (C, nY, P, nX, P)
-    pat = pat.permute(1, 3, 0, 2, 4)  # (nY, nX, C, P, P)
-    return pat.reshape(len(ys) * len(xs), c * patch * patch)
+    out = torch.empty((len(ys), len(xs), c, patch, patch), dtype=x.dtype, device=x.device)
+    # Each arithmetic run of starts is a strided view of x (no copy); one copy per block.
+    yi = 0
+    for y0, dy, ny in _runs(ys):
+        rows = x[:, y0 : y0 + (ny - 1) * dy + patch].unfold(1, patch, dy)  # (C, ny, W, P)
+        xi = 0
+        for x0, dx, nx in _runs(xs):
+            block = rows[:, :, x0 : x0 + (nx - 1) * dx + patch].unfold(2, patch, dx)
+            # block: (C, ny, nx, P_y, P_x) -> (ny, nx, C, P, P)
+            out[yi : yi + ny, xi : xi + nx] = block.permute(1, 2, 0, 3, 4)
+            xi += nx
+        yi += ny
+    return out.reshape(len(ys) * len(xs), c * patch * patch)
 
 
 def fold_weights(patch: int, rho: float, channels: int, dtype=torch.float32) -> torch.Tensor:
@@ -127,15 +131,19 @@ def fold(
         if out_shape is None:
             raise ValueError("fold needs out_shape or out")
         out = torch.zeros((channels, *out_shape), dtype=patches.dtype, device=patches.device)
-    grid = patches.reshape(len(ys), len(xs), channels * patch * patch)
+    grid = patches.reshape(len(ys), len(xs), channels, patch, patch)
     yi = 0
     for y0, dy, ny in _runs(ys):
         xi = 0
         for x0, dx, nx in _runs(xs):
-            block = grid[yi : yi + ny, xi : xi + nx].reshape(ny * nx, -1).T[None]
-            bh, bw = (ny - 1) * dy + patch, (nx - 1) * dx + patch
-            folded = F.fold(block, (bh, bw), patch, stride=(dy, dx))[0]
-            out[:, y0 : y0 + bh, x0 : x0 + bw] += folded
+            # (C, P, P, ny, nx), contiguous, so every addend below is a dense plane.
+            block = grid[yi : yi + ny, xi : xi + nx].permute(2, 3, 4, 0, 1).contiguous()
+            # Overlap-add as P*P strided slice additions (faster than col2im on CPU).
+            for py in range(patch):
+                ys_sl = slice(y0 + py, y0 + py + (ny - 1) * dy + 1, dy)
+                for px in range(patch):
+                    xs_sl = slice(x0 + px, x0 + px + (nx - 1) * dx + 1, dx)
+                    out[:, ys_sl, xs_sl] += block[:, py, px]
             xi += nx
         yi += ny
     return out

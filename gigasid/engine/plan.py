@@ -16,6 +16,9 @@ from gigasid.errors import InputError
 #: Default ``denoiser.exact_max_patches`` per device: exact below, ANN above ("auto").
 EXACT_MAX_PATCHES = {"cpu": 3000, "cuda": 250_000}
 
+#: ``query_stride: auto`` -> 2 on scales with more stride-1 query patches than this.
+STRIDE2_MIN_QUERIES = {"cpu": 8000, "cuda": 8_000_000}
+
 #: Throughput model used for estimates (calibrated by pipelines/bench_core.py on 2 cores).
 CPU_GFLOPS = {"float32": 150.0, "bfloat16": 450.0}
 CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
@@ -139,13 +142,16 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
                         f"patch_size={P}; raise pyramid.min_short_side (now {mss}), lower "
                         f"pyramid.num_scales (now {S}) or lower patch_size")
         n = _count(ref_shapes[s], P, dstr[s]) if denoised else 0
-        m = _count(out_shapes[s], P, qstr[s]) if denoised else 0
+        stride = qstr[s]
+        if stride == "auto":
+            stride = 2 if _count(out_shapes[s], P, 1) > STRIDE2_MIN_QUERIES[dev] else 1
+        m = _count(out_shapes[s], P, stride) if denoised else 0
         backend = backends[s]
         if backend == "auto":
             backend = "exact" if n <= exact_max else "ann"
         scales.append(ScalePlan(
             index=s, ref_shape=ref_shapes[s], shape=out_shapes[s], num_steps=steps[s],
-            patch=P, dataset_stride=dstr[s], query_stride=qstr[s], fold_rho=rhos[s],
+            patch=P, dataset_stride=dstr[s], query_stride=stride, fold_rho=rhos[s],
             backend=backend if denoised else "-", denoised=denoised, n_patches=n,
             n_queries=m, tiles=tile_grid(out_shapes[s], cfg.engine.tile_size)))
     plan = JobPlan(app=cfg.app, channels=channels, ref_shape=tuple(ref_shape),

@@ -1,0 +1,59 @@
+"""Shared helpers for the benchmark pipelines: peak anonymous memory and machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+
+
+def rss_anon_bytes(pid: int | str = "self") -> int:
+    """Current RssAnon of a process (bytes); mmapped files are not counted."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakRssAnon:
+    """Samples this process's RssAnon every ``interval`` seconds; ``peak`` is the maximum."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.peak = rss_anon_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_anon_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRssAnon:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_anon_bytes())
+
+
+def machine() -> dict:
+    """Facts that make a number reproducible."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
