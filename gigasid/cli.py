@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -77,6 +76,7 @@ def run(
 
     from gigasid.config import dump_yaml, load_config
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
+    from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
     from gigasid.io.images import file_fingerprint
 
@@ -93,6 +93,9 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {out}: {exc}") from None
+    resuming = (out / "job.yaml").exists() and not fresh
+    if fresh:
+        _clear_run(out)
     job_doc = {"gigasid": __version__, "fingerprint": fingerprint,
                "input": str(inp), "input_sha256": file_fingerprint(inp),
                "config": yaml.safe_load(dump_yaml(cfg))}
@@ -101,19 +104,38 @@ def run(
     screen = None if quiet else (RichReporter() if sys.stderr.isatty() else PlainReporter())
     reporter = Fanout(log, screen)
     try:
-        summary = run_job(cfg, out, reporter)
+        job = prepare(cfg, reporter)
+        (out / "plan.json").write_text(json.dumps(job.plan.to_dict(), indent=2, default=list))
+        if resuming:
+            log.event("resume", store=job.plan.store)
+        summary = run_job(cfg, out, reporter, job=job)
     except KeyboardInterrupt:
         log.event("interrupted")
+        if (out / "data.zarr").exists():
+            typer.echo(f"interrupted: run the same command again to resume {out}", err=True)
         raise
     except GigasidError as exc:
         log.event("error", message=str(exc))
         raise
     finally:
         reporter.close()
-    (out / "plan.json").write_text(json.dumps(summary.pop("plan"), indent=2, default=list))
+    summary.pop("plan")
     (out / "timings.json").write_text(json.dumps(summary, indent=2))
     if not quiet:
         typer.echo(f"wrote {len(summary['samples'])} image(s) to {out}")
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a previous run's state (only gigasid's own files) before a fresh start."""
+    import shutil
+
+    for name in ("data.zarr", "markers", "out", "index"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    for name in ("job.yaml", "plan.json", "timings.json", "log.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob("sample_*.png"):
+        p.unlink()
 
 
 def _fingerprint(cfg, input_sha: str) -> str:
@@ -152,6 +174,14 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     con.print(t)
     con.print(f"estimated: setup {p.est_setup_seconds:.1f} s, {p.est_sample_seconds:.1f} s per "
               f"sample x {p.num_samples}, peak memory {p.est_peak_bytes / 2**20:.0f} MiB")
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Say where a run is: per sample and scale, steps and tiles done, and an ETA."""
+    from gigasid.engine.status import run_status
+
+    typer.echo(run_status(run_dir))
 
 
 def main() -> None:

@@ -50,7 +50,10 @@ class DenoiserConfig:
 
 @dataclass
 class EngineConfig:
+    store: str = "auto"
     tile_size: int = 0
+    scheduler: str = "sync"
+    workers: int = 1
     threads: Union[int, None] = None  # noqa: UP007
 
 
@@ -184,7 +187,6 @@ def _build(cls, data: dict, prefix: str = ""):
         if key not in known:
             raise _unknown(prefix + str(key), [k for k in ALL_KEYS if k.startswith(prefix)]
                            or ALL_KEYS)
-        f = known[key]
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value if value is not None else {}, prefix + key + ".")
@@ -344,7 +346,18 @@ def validate(cfg: JobConfig) -> None:
                                   f"{MAX_OUTPUT_SIDE} pixels; got {osz}")
     if cfg.app == "retarget" and cfg.output_size is None:
         raise ConfigError("app 'retarget' needs output_size: [height, width]")
-    _check_range("engine.tile_size", cfg.engine.tile_size, 0, None)
+    e = cfg.engine
+    _check_choice("engine.store", e.store, ("auto", "memory", "zarr"))
+    _check_range("engine.tile_size", e.tile_size, 0, None)
+    if 0 < e.tile_size < 16:
+        raise ConfigError("engine.tile_size must be 0 (automatic) or at least 16 px")
+    if not (e.scheduler in ("sync", "threads", "processes") or e.scheduler.startswith("tcp://")):
+        raise ConfigError("engine.scheduler must be sync, threads, processes or "
+                          f"tcp://host:port; got {e.scheduler!r}")
+    _check_range("engine.workers", e.workers, 1, 1024)
+    if e.scheduler == "processes" and e.store == "memory":
+        raise ConfigError("engine.scheduler: processes needs engine.store: zarr (worker "
+                          "processes share the run directory, not this process's memory)")
     if cfg.engine.threads is not None:
         _check_range("engine.threads", cfg.engine.threads, 1, 1024)
     o = cfg.output

@@ -7,8 +7,8 @@ from gigasid.config import load_config
 from gigasid.engine.progress import Reporter
 from gigasid.engine.runner import prepare, sample_once
 from gigasid.errors import ConfigError, InputError
-from gigasid.metrics import patch_nn_distance, psnr
 from gigasid.io.images import save_png, to_uint8
+from gigasid.metrics import patch_nn_distance, psnr
 
 
 @pytest.fixture

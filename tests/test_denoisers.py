@@ -84,7 +84,8 @@ def test_ivf_recall_and_error_are_reported(photo, capsys):
         x = alpha * y[idx] + sigma * torch.randn(300, y.shape[1], generator=g)
         true = torch.cdist(x / alpha, y).topk(5, largest=False).indices
         got = ann.search(x, alpha)
-        recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, true)) / true.numel()
+        hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, true, strict=True))
+        recall = hits / true.numel()
         err = (ann(x, alpha, sigma).double() - brute_force(x, y, alpha, sigma)).abs().mean().item()
         print(f"alpha={alpha}: recall@5={recall:.3f} mean abs error vs exact={err:.4f}")
         assert recall > 0.5
@@ -102,7 +103,8 @@ def test_ann_search_widens_instead_of_failing():
 @pytest.mark.parametrize("cls", [ExactDenoiser, SdpaDenoiser])
 def test_bfloat16_close_to_float32(photo, cls):
     y = real_patches(photo)
-    x = 0.5 * y[:100] + 0.5 * torch.randn(100, y.shape[1], generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    x = 0.5 * y[:100] + 0.5 * torch.randn(100, y.shape[1], generator=g)
     a = cls(y)(x, 0.5, 0.5)
     b = cls(y, compute_dtype=torch.bfloat16)(x, 0.5, 0.5)
     assert (a - b).abs().mean() < 0.05

@@ -11,8 +11,8 @@ from gigasid.core.noise import gaussian_region
 from gigasid.core.resample import resize
 from gigasid.core.schedule import flow_linear
 from gigasid.engine.plan import tile_grid
-from gigasid.engine.runner import _window_1d, prepare, sample_once
 from gigasid.engine.progress import Reporter
+from gigasid.engine.runner import _window_1d, prepare, sample_once
 from gigasid.engine.transition import ScaleContext, Transition, run_transition
 
 

@@ -109,7 +109,8 @@ def blend_low_shape(fine_shape: tuple[int, int], ratio: float,
     return pyramid_shapes(fine_shape, 2, ratio, min_short_side, check=False)[1]
 
 
-def blend_input_region(fine_shape, low_shape, coarser_shape, region: Region) -> tuple[Region, Region]:
+def blend_input_region(fine_shape, low_shape, coarser_shape,
+                       region: Region) -> tuple[Region, Region]:
     """Windows of the fine estimate and of the coarser result that the blend of ``region`` reads.
 
     Returns ``(fine_window, coarser_window)``; ``fine_window`` contains ``region``.

@@ -80,7 +80,8 @@ def make_schedule(kind: str, num_steps: int, sigma_min: float | None = None, **k
     raise ValueError(f"unknown schedule {kind!r}")
 
 
-def implied_noise(x_t: torch.Tensor, x_hat: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+def implied_noise(x_t: torch.Tensor, x_hat: torch.Tensor, alpha: float,
+                  sigma: float) -> torch.Tensor:
     """Noise implied by a clean estimate: ``eps = (x_t - alpha * x_hat) / sigma``."""
     return (x_t - alpha * x_hat) / sigma
 

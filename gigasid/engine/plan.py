@@ -19,6 +19,11 @@ EXACT_MAX_PATCHES = {"cpu": 3000, "cuda": 250_000}
 #: ``query_stride: auto`` -> 2 on scales with more stride-1 query patches than this.
 STRIDE2_MIN_QUERIES = {"cpu": 8000, "cuda": 8_000_000}
 
+#: ``engine.store: auto`` -> zarr (resumable, out-of-core) above this many output pixels.
+ZARR_MIN_PIXELS = 4 * 2**20
+#: ``engine.tile_size: 0`` with a Zarr store -> tiles (= chunks) of this side.
+DEFAULT_ZARR_TILE = 512
+
 #: Throughput model used for estimates (calibrated by pipelines/bench_core.py on 2 cores).
 CPU_GFLOPS = {"float32": 150.0, "bfloat16": 450.0}
 CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
@@ -42,6 +47,7 @@ class ScalePlan:
     denoised: bool
     n_patches: int
     n_queries: int
+    tile: int = 0
     tiles: list[tuple[int, int, int, int]] = field(default_factory=list)
     est_seconds: float = 0.0
     est_bytes: int = 0
@@ -59,6 +65,7 @@ class JobPlan:
     dtype: str
     num_samples: int
     scales: list[ScalePlan]
+    store: str = "memory"
     est_setup_seconds: float = 0.0
 
     @property
@@ -129,6 +136,11 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
     qstr = per_scale(cfg.query_stride, S, "query_stride")
     rhos = per_scale(cfg.fold_rho, S, "fold_rho")
     backends = per_scale(cfg.denoiser.backend, S, "denoiser.backend")
+    store = cfg.engine.store
+    if store == "auto":
+        big = out_shape[0] * out_shape[1] > ZARR_MIN_PIXELS
+        store = "zarr" if big or cfg.engine.scheduler != "sync" else "memory"
+    tile = cfg.engine.tile_size or (DEFAULT_ZARR_TILE if store == "zarr" else 0)
     dev = "cuda" if device.startswith("cuda") else "cpu"
     exact_max = cfg.denoiser.exact_max_patches or EXACT_MAX_PATCHES[dev]
     scales = []
@@ -153,10 +165,10 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
             index=s, ref_shape=ref_shapes[s], shape=out_shapes[s], num_steps=steps[s],
             patch=P, dataset_stride=dstr[s], query_stride=stride, fold_rho=rhos[s],
             backend=backend if denoised else "-", denoised=denoised, n_patches=n,
-            n_queries=m, tiles=tile_grid(out_shapes[s], cfg.engine.tile_size)))
+            n_queries=m, tile=tile, tiles=tile_grid(out_shapes[s], tile)))
     plan = JobPlan(app=cfg.app, channels=channels, ref_shape=tuple(ref_shape),
                    out_shape=out_shape, device=dev, dtype=cfg.dtype,
-                   num_samples=cfg.num_samples, scales=scales)
+                   num_samples=cfg.num_samples, scales=scales, store=store)
     _estimate(plan, cfg)
     return plan
 

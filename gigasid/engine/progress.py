@@ -100,8 +100,14 @@ class RichReporter(Reporter):
     """Rich progress bars: one for the whole job (ETA) and one for the current scale."""
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),

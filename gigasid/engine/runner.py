@@ -115,79 +115,231 @@ def _window_1d(patch: int, rho: float) -> torch.Tensor:
     return torch.exp(-0.5 * (u / rho) ** 2)
 
 
-def run_scale(job: Job, program, scale: int, seed: int, coarser: torch.Tensor | None,
-              reporter: Reporter, sample: int) -> torch.Tensor:
-    """Run one scale's program region by region; returns the finished state (in memory)."""
+def _mark(sample: int, scale: int, wave: int, tile: int | None = None) -> str:
+    base = f"x{sample}-s{scale}-w{wave}"
+    return base if tile is None else f"{base}-t{tile}"
+
+
+def _buf(sample: int, scale: int, wave: int) -> str:
+    return f"x{sample}/s{scale}/b{wave % 2}"
+
+
+def finished_name(job: Job, program_len: dict, sample: int, scale: int) -> str:
+    """Store array holding the finished state of ``scale`` (the last wave's buffer)."""
+    return _buf(sample, scale, program_len[scale])
+
+
+def _tile_work(job: Job, store, program, sample: int, scale: int, wave: int, ti: int,
+               seed: int, coarser_name: str | None) -> float:
+    """Compute one tile of one wave and write it; returns seconds spent."""
+    t0 = time.perf_counter()
+    sp = job.plan.scales[scale]
+    region = sp.tiles[ti]
+    if wave == 0:
+        value = program.init(region)
+    else:
+        src = _buf(sample, scale, wave - 1)
+        ctx = job.contexts[scale]
+        tr = program.transitions[wave - 1]
+
+        def read_x(win):
+            return store.read(src, win)
+
+        def read_c(win):
+            return store.read(coarser_name, win)
+
+        value = run_transition(ctx, tr, region, read_x, read_c if coarser_name else None, seed)
+    store.write(_buf(sample, scale, wave), region, value)
+    store.mark(_mark(sample, scale, wave, ti))  # only after the chunk write returned
+    return time.perf_counter() - t0
+
+
+def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
+              coarser_name: str | None, reporter: Reporter, executor=None) -> str:
+    """Run one scale's program as waves of tile tasks; returns the finished array's name.
+
+    Wave 0 writes the initial state, wave k the k-th transition. Tiles already marked done
+    (a resumed run) are skipped; a wave starts only when the previous one is complete,
+    because it reads the buffer the previous wave wrote and overwrites the one before.
+    """
     ctx = job.contexts[scale]
     sp = job.plan.scales[scale]
-    h, w = ctx.shape
-    buf = torch.empty((ctx.channels, h, w), dtype=torch.float32, device=ctx.device)
-    for (y0, y1, x0, x1) in sp.tiles:
-        buf[:, y0:y1, x0:x1] = program.init((y0, y1, x0, x1))
     n = len(program.transitions)
+    shape = (ctx.channels, *ctx.shape)
+    for b in range(min(2, n + 1)):
+        store.ensure(_buf(sample, scale, b), shape, sp.tile)
     reporter.event("scale_start", sample=sample, num_samples=job.plan.num_samples,
                    scale=scale, shape=sp.shape, num_transitions=n, tiles=len(sp.tiles))
-
-    def read_x(win):
-        return cur[:, win[0]:win[1], win[2]:win[3]]
-
-    def read_c(win):
-        return coarser[:, win[0]:win[1], win[2]:win[3]]
-
     work = sp.est_seconds / max(1, n)
-    cur = buf
-    for i, tr in enumerate(program.transitions):
+    for wave in range(n + 1):
+        if store.is_done(_mark(sample, scale, wave)):
+            if wave > 0:
+                reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
+                               scale=scale, step_index=wave - 1, num_transitions=n,
+                               seconds=0.0, work=work, resumed=True)
+            continue
         t0 = time.perf_counter()
-        nxt = torch.empty_like(cur)
-        for region in sp.tiles:
-            y0, y1, x0, x1 = region
-            nxt[:, y0:y1, x0:x1] = run_transition(ctx, tr, region, read_x, read_c, seed)
-        cur = nxt
-        reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
-                       scale=scale, step_index=i, num_transitions=n, t_from=tr.t_from,
-                       t_to=tr.t_to, seconds=round(time.perf_counter() - t0, 4), work=work)
-    return cur
+        todo = [ti for ti in range(len(sp.tiles))
+                if not store.is_done(_mark(sample, scale, wave, ti))]
+        args = [(job, store, program, sample, scale, wave, ti, seed, coarser_name)
+                for ti in todo]
+        for ti, secs in zip(todo, _map(executor, args), strict=True):
+            reporter.event("tile_done", sample=sample, scale=scale, wave=wave, tile=ti,
+                           seconds=round(secs, 4))
+        store.mark(_mark(sample, scale, wave))
+        if wave > 0:
+            tr = program.transitions[wave - 1]
+            reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
+                           scale=scale, step_index=wave - 1, num_transitions=n,
+                           t_from=tr.t_from, t_to=tr.t_to,
+                           seconds=round(time.perf_counter() - t0, 4), work=work)
+    return _buf(sample, scale, n)
 
 
-def sample_once(job: Job, seed: int, reporter: Reporter, sample: int = 0) -> torch.Tensor:
-    """Generate one sample; returns ``(C, H, W)`` in ``[0, 1]`` (not clamped)."""
+def _map(executor, args: list[tuple]) -> list[float]:
+    if executor is None or len(args) <= 1:
+        return [_tile_work(*a) for a in args]
+    return list(executor.map(lambda a: _tile_work(*a), args))
+
+
+def repair_state(job: Job, store, sample: int, reporter: Reporter) -> list[int]:
+    """Check the chunks a resumed sample still needs; recompute scales whose state is damaged.
+
+    For every scale with progress, the buffer the next wave reads (or, for a finished scale,
+    its result) must have every chunk present and whole. If one is missing or truncated,
+    that scale and all finer ones restart from their first wave: the output is deterministic,
+    so the bytes are the same as if nothing had happened. Returns the restarted scales.
+    """
+    if not store.persistent:
+        return []
     app = get_app(job.cfg.app)
     app.prepare(job)
-    finished: dict[int, torch.Tensor] = {}
+    restarted: list[int] = []
+    for s in reversed(range(job.plan.num_scales)):
+        if restarted:
+            store.unmark(f"x{sample}-s{s}-")
+            restarted.append(s)
+            continue
+        n = len(app.program(job, s, job.cfg.seed + sample).transitions)
+        last = max((w for w in range(n + 1) if store.is_done(_mark(sample, s, w))), default=None)
+        if last is None:
+            continue
+        name = _buf(sample, s, last)
+        sp = job.plan.scales[s]
+        tile = sp.tile or max(sp.shape)
+        bad = [ti for ti, (y0, _, x0, _) in enumerate(sp.tiles)
+               if not store.chunk_ok(name, (y0 // tile, x0 // tile))]
+        if bad:
+            reporter.event("state_damaged", sample=sample, scale=s, array=name, tiles=bad)
+            store.unmark(f"x{sample}-s{s}-")
+            restarted.append(s)
+    return restarted
+
+
+def generate(job: Job, store, seed: int, sample: int, reporter: Reporter,
+             executor=None) -> str:
+    """Run every scale of one sample (coarse to fine); returns the finest result's name."""
+    app = get_app(job.cfg.app)
+    app.prepare(job)
+    coarser = None
     for s in reversed(range(job.plan.num_scales)):
         program = app.program(job, s, seed)
-        finished[s] = run_scale(job, program, s, seed, finished.get(s + 1), reporter, sample)
-        finished.pop(s + 1, None)
-    return (finished[0] + 1.0) / 2.0
+        coarser = run_scale(job, store, program, sample, s, seed, coarser, reporter, executor)
+    return coarser
 
 
-def run(cfg: JobConfig, out_dir: Path, reporter: Reporter) -> dict:
-    """Run a whole job into ``out_dir``; returns a summary with paths and timings."""
+def sample_once(job: Job, seed: int, reporter: Reporter | None = None,
+                sample: int = 0) -> torch.Tensor:
+    """Generate one sample in memory; returns ``(C, H, W)`` in ``[0, 1]`` (not clamped)."""
+    from gigasid.engine.store import MemoryStore
+
+    store = MemoryStore()
+    name = generate(job, store, seed, sample, reporter or Reporter())
+    return (store.whole(name) + 1.0) / 2.0
+
+
+def make_executor(cfg: JobConfig):
+    """A thread pool for ``engine.scheduler: threads`` (None = run tiles in this thread)."""
+    if cfg.engine.scheduler == "threads" and cfg.engine.workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(cfg.engine.workers, thread_name_prefix="gigasid-tile")
+    if cfg.engine.scheduler == "processes" or cfg.engine.scheduler.startswith("tcp://"):
+        raise ConfigError(f"engine.scheduler: {cfg.engine.scheduler} is not available in this "
+                          "version; use sync or threads")
+    return None
+
+
+def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dict:
+    """Finished float state -> uint8 RGB (Zarr for persistent stores) and a PNG if it fits."""
     from gigasid.io.images import save_png, to_uint8
 
+    h, w = job.plan.out_shape
+    written = {}
+    if store.persistent:
+        import zarr
+
+        sub = out_dir / "out" / (f"sample_{sample:03d}" if job.plan.num_samples > 1 else "")
+        tile = job.plan.scales[0].tile or 512
+        arr = zarr.create_array(str(sub / "image.zarr"), shape=(h, w, 3),
+                                chunks=(tile, tile, 3), dtype="uint8", overwrite=True,
+                                config={"write_empty_chunks": True})
+        for (y0, y1, x0, x1) in job.plan.scales[0].tiles:
+            arr[y0:y1, x0:x1] = to_uint8((store.read(name, (y0, y1, x0, x1)) + 1.0) / 2.0)
+        written["zarr"] = str(sub / "image.zarr")
+    if h * w <= PNG_MAX_PIXELS:
+        rgb = to_uint8((store.whole(name) + 1.0) / 2.0)
+        written["png"] = str(save_png(rgb, Path(out_dir) / f"sample_{sample:03d}.png"))
+    return written
+
+
+#: Largest output also written as PNG (the whole image is assembled in memory for it).
+PNG_MAX_PIXELS = 64 * 2**20
+
+
+def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = None) -> dict:
+    """Run (or resume) a whole job into ``out_dir``; returns paths and timings."""
+    from gigasid.engine.store import MemoryStore, ZarrStore
+
     t_start = time.perf_counter()
-    job = prepare(cfg, reporter)
+    job = job or prepare(cfg, reporter)
     plan = job.plan
     reporter.event("setup_done", seconds=round(job.setup_seconds, 4))
+    if plan.store == "zarr":
+        store = ZarrStore(out_dir)
+        cleaned = store.clean_partial_writes()
+        if cleaned:
+            reporter.event("resume_cleanup", partial_files=cleaned)
+    else:
+        store = MemoryStore()
     work_total = plan.est_sample_seconds * plan.num_samples
     reporter.event("job_start", app=cfg.app, out_shape=plan.out_shape,
                    num_scales=plan.num_scales, num_samples=plan.num_samples,
-                   work_total=work_total)
-    paths, sample_seconds = [], []
-    for i in range(cfg.num_samples):
-        t0 = time.perf_counter()
-        img = sample_once(job, cfg.seed + i, reporter, i)
-        dt = time.perf_counter() - t0
-        path = save_png(to_uint8(img), Path(out_dir) / f"sample_{i:03d}.png")
-        paths.append(str(path))
-        sample_seconds.append(dt)
-        reporter.event("sample_done", sample=i, path=str(path), seconds=round(dt, 4),
-                       seed=cfg.seed + i)
+                   work_total=work_total, store=plan.store)
+    outputs, sample_seconds = [], []
+    executor = make_executor(cfg)
+    try:
+        for i in range(cfg.num_samples):
+            t0 = time.perf_counter()
+            done_key = f"x{i}-written"
+            repair_state(job, store, i, reporter)
+            name = generate(job, store, cfg.seed + i, i, reporter, executor)
+            written = write_outputs(job, store, name, Path(out_dir), i)
+            store.mark(done_key)
+            store.drop(f"x{i}/")
+            dt = time.perf_counter() - t0
+            outputs.append(written)
+            sample_seconds.append(dt)
+            reporter.event("sample_done", sample=i, path=written.get("png") or written.get("zarr"),
+                           seconds=round(dt, 4), seed=cfg.seed + i)
+    finally:
+        if executor is not None:
+            executor.shutdown()
     total = time.perf_counter() - t_start
     reporter.event("job_done", seconds=round(total, 4), out_dir=str(out_dir))
-    return {"samples": paths, "setup_seconds": job.setup_seconds,
-            "sample_seconds": sample_seconds, "total_seconds": total,
-            "plan": plan.to_dict()}
+    return {"samples": [o.get("png") for o in outputs], "outputs": outputs,
+            "setup_seconds": job.setup_seconds, "sample_seconds": sample_seconds,
+            "total_seconds": total, "plan": plan.to_dict()}
 
 
-__all__ = ["GigasidError", "Job", "prepare", "run", "run_scale", "sample_once"]
+__all__ = ["GigasidError", "Job", "generate", "prepare", "run", "run_scale", "sample_once"]

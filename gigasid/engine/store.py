@@ -1,0 +1,175 @@
+"""Where a job's arrays and completion markers live: in memory, or a Zarr directory.
+
+Both stores speak in global regions of named ``(C, H, W)`` float32 arrays. Tiles are whole
+Zarr chunks, so no two tasks ever write the same chunk. A completion marker is written only
+after its chunk write returned, so "marked" always means "the bytes are on disk".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gigasid.errors import GigasidError
+
+Region = tuple[int, int, int, int]
+
+
+class DiskFullError(GigasidError):
+    """The run directory's file system is full."""
+
+
+class MemoryStore:
+    """Arrays as tensors in this process; markers in a set (nothing survives the process)."""
+
+    persistent = False
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, torch.Tensor] = {}
+        self.marks: set[str] = set()
+        self.lock = threading.Lock()
+
+    def ensure(self, name: str, shape: tuple[int, ...], chunk: int) -> None:
+        with self.lock:
+            if name not in self.arrays:
+                self.arrays[name] = torch.empty(shape, dtype=torch.float32)
+
+    def read(self, name: str, win: Region) -> torch.Tensor:
+        return self.arrays[name][:, win[0]:win[1], win[2]:win[3]]
+
+    def write(self, name: str, region: Region, value: torch.Tensor) -> None:
+        y0, y1, x0, x1 = region
+        self.arrays[name][:, y0:y1, x0:x1] = value.to("cpu", torch.float32)
+
+    def whole(self, name: str) -> torch.Tensor:
+        return self.arrays[name]
+
+    def drop(self, prefix: str) -> None:
+        with self.lock:
+            for k in [k for k in self.arrays if k.startswith(prefix)]:
+                del self.arrays[k]
+
+    def is_done(self, key: str) -> bool:
+        return key in self.marks
+
+    def mark(self, key: str) -> None:
+        with self.lock:
+            self.marks.add(key)
+
+
+def _disk_guard(exc: OSError, where: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            f"no space left on the device holding {where}; free some space (or choose "
+            "another --out) and run the same command again: the run resumes where it "
+            "stopped") from None
+    raise exc
+
+
+class ZarrStore:
+    """Arrays in ``RUN/data.zarr`` (Zarr v3, one chunk per tile); markers in ``RUN/markers``."""
+
+    persistent = True
+
+    def __init__(self, run_dir: Path):
+        import zarr
+
+        self.root = Path(run_dir)
+        self.marks_dir = self.root / "markers"
+        try:
+            self.marks_dir.mkdir(parents=True, exist_ok=True)
+            self.group = zarr.open_group(str(self.root / "data.zarr"), mode="a")
+        except OSError as exc:
+            _disk_guard(exc, self.root)
+        self._arrays: dict[str, object] = {}
+        self.lock = threading.Lock()
+
+    def clean_partial_writes(self) -> int:
+        """Delete leftovers of writes killed mid-way (``*.partial``); returns how many."""
+        n = 0
+        for p in (self.root / "data.zarr").rglob("*.partial"):
+            p.unlink(missing_ok=True)
+            n += 1
+        for p in self.marks_dir.glob("*.tmp"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def ensure(self, name: str, shape: tuple[int, ...], chunk: int) -> None:
+        with self.lock:
+            if name in self._arrays:
+                return
+            try:
+                if name in self.group:
+                    arr = self.group[name]
+                    if tuple(arr.shape) != tuple(shape):
+                        raise GigasidError(f"run directory array {name} has shape {arr.shape}, "
+                                           f"expected {shape}; re-run with --fresh")
+                else:
+                    c = shape[0]
+                    arr = self.group.create_array(
+                        name, shape=shape, chunks=(c, chunk or shape[1], chunk or shape[2]),
+                        dtype="float32", fill_value=0.0, compressors=None,
+                        config={"write_empty_chunks": True})
+            except OSError as exc:
+                _disk_guard(exc, self.root)
+            self._arrays[name] = arr
+
+    def _arr(self, name: str):
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    def read(self, name: str, win: Region) -> torch.Tensor:
+        a = self._arr(name)[:, win[0]:win[1], win[2]:win[3]]
+        return torch.from_numpy(np.asarray(a))
+
+    def write(self, name: str, region: Region, value: torch.Tensor) -> None:
+        y0, y1, x0, x1 = region
+        try:
+            self._arr(name)[:, y0:y1, x0:x1] = value.to("cpu", torch.float32).numpy()
+        except OSError as exc:
+            _disk_guard(exc, self.root)
+
+    def whole(self, name: str) -> torch.Tensor:
+        a = self._arr(name)
+        return self.read(name, (0, a.shape[1], 0, a.shape[2]))
+
+    def drop(self, prefix: str) -> None:  # keep everything on disk: it is the resume state
+        pass
+
+    def is_done(self, key: str) -> bool:
+        return (self.marks_dir / key).exists()
+
+    def mark(self, key: str) -> None:
+        path = self.marks_dir / key
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(b"")
+            os.replace(tmp, path)
+        except OSError as exc:
+            _disk_guard(exc, self.root)
+
+    def chunk_ok(self, name: str, chunk_index: tuple[int, int]) -> bool:
+        """Whether a tile's chunk file exists with the size of a full uncompressed chunk."""
+        arr = self._arr(name)
+        c, th, tw = arr.chunks
+        path = self.root / "data.zarr" / name / "c" / "0" / str(chunk_index[0]) / str(
+            chunk_index[1])
+        return path.is_file() and path.stat().st_size == c * th * tw * 4
+
+    def unmark(self, prefix: str) -> int:
+        """Remove every marker whose name starts with ``prefix``; returns how many."""
+        n = 0
+        for p in self.marks_dir.glob(prefix + "*"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def count_marks(self, prefix: str) -> int:
+        return sum(1 for _ in self.marks_dir.glob(prefix + "*"))
