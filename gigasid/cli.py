@@ -104,7 +104,7 @@ def run(
     screen = None if quiet else (RichReporter() if sys.stderr.isatty() else PlainReporter())
     reporter = Fanout(log, screen)
     try:
-        job = prepare(cfg, reporter)
+        job = prepare(cfg, reporter, run_dir=out)
         (out / "plan.json").write_text(json.dumps(job.plan.to_dict(), indent=2, default=list))
         if resuming:
             log.event("resume", store=job.plan.store)

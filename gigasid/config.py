@@ -256,6 +256,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return cfg
 
 
+def from_dict(data: dict) -> JobConfig:
+    """Build and validate a config from plain data (e.g. ``job.yaml``'s ``config``)."""
+    cfg = _build(JobConfig, data)
+    validate(cfg)
+    return cfg
+
+
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)

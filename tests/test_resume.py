@@ -94,3 +94,14 @@ def test_threads_and_workers_give_same_output(tmp_path, job_args):
 def test_status_of_non_run_dir(tmp_path):
     r = run_cli("status", tmp_path)
     assert r.returncode == 2 and "not a gigasid run directory" in r.stderr
+
+
+def test_process_workers_give_same_output(tmp_path, job_args):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = [*job_args, "denoiser.backend=ann", "denoiser.pca_dim=16"]
+    assert run_cli("run", *args, "--out", a, "--quiet").returncode == 0
+    r = run_cli("run", *args, "engine.scheduler=processes", "engine.workers=2", "--out", b,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert list((b / "index").glob("scale*.faiss"))  # trained once, shared by the workers
+    assert np.array_equal(_result(a)[0], _result(b)[0])

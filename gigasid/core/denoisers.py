@@ -19,6 +19,7 @@ At ``alpha = 0`` the estimate is the dataset mean for every backend.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,7 +158,7 @@ class AnnDenoiser:
     name = "ann"
 
     def __init__(self, dataset: torch.Tensor, settings: AnnSettings | None = None,
-                 query_chunk: int = 8192):
+                 query_chunk: int = 8192, index_path: str | None = None):
         import faiss
 
         self.settings = s = settings or AnnSettings()
@@ -167,6 +168,16 @@ class AnnDenoiser:
         self.k = min(s.k, self.n)
         self.mean = _dataset_mean(self.y)
         self.chunk = query_chunk
+        if index_path is not None and os.path.exists(index_path):
+            self._load(index_path)
+        else:
+            self._build(faiss, s)
+            if index_path is not None:
+                self._save(index_path)
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = s.nprobe
+
+    def _build(self, faiss, s: AnnSettings) -> None:
         rng = np.random.default_rng(s.seed)
         sample = self.y
         if self.n > s.train_size:
@@ -188,8 +199,24 @@ class AnnDenoiser:
             self.index.train(np.ascontiguousarray(self._project(sample).numpy()))
         for a in range(0, self.n, 262144):  # add in blocks to bound the projected copy
             self.index.add(np.ascontiguousarray(self._project(self.y[a : a + 262144]).numpy()))
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = s.nprobe
+
+    def _save(self, path: str) -> None:
+        """Write the index (and PCA basis) atomically, so workers can memory-map it."""
+        tmp = f"{path}.{os.getpid()}.tmp"
+        self._faiss.write_index(self.index, tmp)
+        os.replace(tmp, path)
+        if self.proj is not None:
+            np.savez(f"{path}.pca.tmp.npz", mu=self.mu.numpy(), proj=self.proj.numpy())
+            os.replace(f"{path}.pca.tmp.npz", f"{path}.pca.npz")
+
+    def _load(self, path: str) -> None:
+        """Open a saved index memory-mapped (read-only; IVF lists stay on disk)."""
+        self.index = self._faiss.read_index(path, self._faiss.IO_FLAG_MMAP)
+        if os.path.exists(f"{path}.pca.npz"):
+            z = np.load(f"{path}.pca.npz")
+            self.mu, self.proj = torch.from_numpy(z["mu"]), torch.from_numpy(z["proj"])
+        else:
+            self.mu, self.proj = None, None
 
     def _project(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(torch.float32)
@@ -264,12 +291,16 @@ def _build_index(faiss, s: AnnSettings, n: int, dim: int):
 
 
 def make_denoiser(backend: str, dataset: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
-                  ann: AnnSettings | None = None):
-    """Construct a patch denoiser by backend name (``exact``, ``sdpa`` or ``ann``)."""
+                  ann: AnnSettings | None = None, index_path: str | None = None):
+    """Construct a patch denoiser by backend name (``exact``, ``sdpa`` or ``ann``).
+
+    For ``ann``, ``index_path`` names a file to load the index from (memory-mapped) or to
+    save a newly built one to.
+    """
     if backend == "exact":
         return ExactDenoiser(dataset, compute_dtype)
     if backend == "sdpa":
         return SdpaDenoiser(dataset, compute_dtype)
     if backend == "ann":
-        return AnnDenoiser(dataset, ann)
+        return AnnDenoiser(dataset, ann, index_path=index_path)
     raise ValueError(f"unknown denoiser backend {backend!r}; choose from {BACKENDS}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,14 +68,21 @@ class Job:
     timings: dict = field(default_factory=dict)
 
 
-def prepare(cfg: JobConfig, reporter: Reporter | None = None) -> Job:
-    """Load the reference, plan the job, build the pyramid, datasets and denoisers."""
+def prepare(cfg: JobConfig, reporter: Reporter | None = None,
+            run_dir: Path | None = None) -> Job:
+    """Load the reference, plan the job, build the pyramid, datasets and denoisers.
+
+    For a persistent (Zarr) run in ``run_dir``, ANN indexes are loaded from ``RUN/index``
+    (memory-mapped) when present and saved there when built, so a resumed run and every
+    worker process share one trained index per scale.
+    """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     set_threads(cfg.engine.threads)
     ref01 = load_image(cfg.input_path())
     ref = (ref01 * 2.0 - 1.0).to(device)
     plan = make_plan(cfg, tuple(ref.shape[-2:]), device, ref.shape[0])
+    index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
     levels = build_pyramid(ref, [s.ref_shape for s in plan.scales])
     compute = DTYPES[cfg.dtype]
     d = cfg.denoiser
@@ -88,12 +96,14 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None) -> Job:
             ann = AnnSettings(k=d.k, index=d.index, nlist=d.nlist, nprobe=d.nprobe,
                               pq_m=d.pq_m, pca_dim=d.pca_dim, train_size=d.train_size,
                               seed=cfg.seed)
-            den = make_denoiser(sp.backend, data, compute, ann)
+            path = None
+            if index_dir is not None and sp.backend == "ann":
+                Path(index_dir).mkdir(parents=True, exist_ok=True)
+                path = str(Path(index_dir) / f"scale{sp.index}.faiss")
+            den = make_denoiser(sp.backend, data, compute, ann, index_path=path)
         else:
             den = None
-        g = P.fold_weights(sp.patch, sp.fold_rho, 1)[: sp.patch]  # first row's 1-D window
         window = _window_1d(sp.patch, sp.fold_rho)
-        del g
         coarser = plan.scales[sp.index + 1] if sp.index + 1 < plan.num_scales else None
         low = (blend_low_shape(sp.shape, cfg.pyramid.relative_scale, cfg.pyramid.min_short_side)
                if coarser else None)
@@ -197,9 +207,41 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
 
 
 def _map(executor, args: list[tuple]) -> list[float]:
-    if executor is None or len(args) <= 1:
+    if executor is None or len(args) <= 1 and not isinstance(executor, ProcessPoolExecutor):
         return [_tile_work(*a) for a in args]
-    return list(executor.map(lambda a: _tile_work(*a), args))
+    if isinstance(executor, ProcessPoolExecutor):
+        # Workers hold their own job (built once per process from the run directory); only
+        # tile coordinates travel, never arrays or indexes.
+        futures = [executor.submit(_worker_tile, *a[3:]) for a in args]
+    else:
+        futures = [executor.submit(_tile_work, *a) for a in args]
+    return [f.result() for f in futures]
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(cfg_doc: dict, run_dir: str, threads: int) -> None:
+    """Process-pool initializer: rebuild the job from the run directory once per worker."""
+    from gigasid.config import from_dict
+    from gigasid.engine.store import ZarrStore
+
+    set_threads(threads)
+    cfg = from_dict(cfg_doc)
+    job = prepare(cfg, run_dir=Path(run_dir))
+    app = get_app(cfg.app)
+    app.prepare(job)
+    _WORKER.update(job=job, store=ZarrStore(Path(run_dir)), app=app, programs={})
+
+
+def _worker_tile(sample: int, scale: int, wave: int, ti: int, seed: int,
+                 coarser_name: str | None) -> float:
+    job, app = _WORKER["job"], _WORKER["app"]
+    key = (scale, seed)
+    if key not in _WORKER["programs"]:
+        _WORKER["programs"][key] = app.program(job, scale, seed)
+    return _tile_work(job, _WORKER["store"], _WORKER["programs"][key], sample, scale, wave,
+                      ti, seed, coarser_name)
 
 
 def repair_state(job: Job, store, sample: int, reporter: Reporter) -> list[int]:
@@ -258,15 +300,29 @@ def sample_once(job: Job, seed: int, reporter: Reporter | None = None,
     return (store.whole(name) + 1.0) / 2.0
 
 
-def make_executor(cfg: JobConfig):
-    """A thread pool for ``engine.scheduler: threads`` (None = run tiles in this thread)."""
-    if cfg.engine.scheduler == "threads" and cfg.engine.workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
+def make_executor(cfg: JobConfig, run_dir: Path | None = None):
+    """The tile executor of ``engine.scheduler`` (None = run tiles in this thread).
 
-        return ThreadPoolExecutor(cfg.engine.workers, thread_name_prefix="gigasid-tile")
-    if cfg.engine.scheduler == "processes" or cfg.engine.scheduler.startswith("tcp://"):
-        raise ConfigError(f"engine.scheduler: {cfg.engine.scheduler} is not available in this "
-                          "version; use sync or threads")
+    ``threads``: a thread pool sharing this process's job. ``processes``: a pool of spawned
+    worker processes, each rebuilding the job from the run directory once (indexes are
+    memory-mapped from ``RUN/index``). Threads per worker = cores // workers.
+    """
+    e = cfg.engine
+    per_worker = max(1, (e.threads or os.cpu_count() or 1) // e.workers)
+    if e.scheduler == "threads" and e.workers > 1:
+        set_threads(per_worker)
+        return ThreadPoolExecutor(e.workers, thread_name_prefix="gigasid-tile")
+    if e.scheduler == "processes":
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP init can hang
+        doc = cfg.to_dict()
+        doc["input"] = str(cfg.input_path().resolve())
+        return ProcessPoolExecutor(e.workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(doc, str(run_dir), per_worker))
+    if e.scheduler.startswith("tcp://"):
+        raise ConfigError(f"engine.scheduler: {e.scheduler} (a Dask cluster) is not available "
+                          "in this version; use sync, threads or processes")
     return None
 
 
@@ -302,7 +358,7 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
     from gigasid.engine.store import MemoryStore, ZarrStore
 
     t_start = time.perf_counter()
-    job = job or prepare(cfg, reporter)
+    job = job or prepare(cfg, reporter, run_dir=out_dir)
     plan = job.plan
     reporter.event("setup_done", seconds=round(job.setup_seconds, 4))
     if plan.store == "zarr":
@@ -317,7 +373,7 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
                    num_scales=plan.num_scales, num_samples=plan.num_samples,
                    work_total=work_total, store=plan.store)
     outputs, sample_seconds = [], []
-    executor = make_executor(cfg)
+    executor = make_executor(cfg, out_dir)
     try:
         for i in range(cfg.num_samples):
             t0 = time.perf_counter()
