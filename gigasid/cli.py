@@ -89,6 +89,7 @@ def run(
         load_image(inp)  # raises the InputError with the full message
     fingerprint = _fingerprint(cfg, file_fingerprint(inp))
     _run_dir_guard(out, fingerprint, fresh)
+    _disk_guard(cfg, inp, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -123,6 +124,32 @@ def run(
     (out / "timings.json").write_text(json.dumps(summary, indent=2))
     if not quiet:
         typer.echo(f"wrote {len(summary['samples'])} image(s) to {out}")
+
+
+def _disk_guard(cfg, inp: Path, out: Path) -> None:
+    """Refuse to start a streamed job whose estimated footprint exceeds the free space."""
+    import os
+    import shutil
+
+    from gigasid.engine.plan import make_plan
+    from gigasid.engine.runner import resolve_device
+    from gigasid.engine.store import DiskFullError
+    from gigasid.io.images import image_shape
+
+    if (out / "data.zarr").exists() or os.environ.get("GIGASID_SKIP_DISK_CHECK"):
+        return  # a resumed run was checked when it started
+    plan = make_plan(cfg, image_shape(inp), resolve_device(cfg.device))
+    if plan.store != "zarr":
+        return
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if plan.est_disk_bytes > free:
+        raise DiskFullError(
+            f"this job needs about {plan.est_disk_bytes / 2**30:.2f} GiB in {out} but only "
+            f"{free / 2**30:.2f} GiB is free; free some space, choose another --out, or make "
+            "the output smaller (output_size)")
 
 
 def _clear_run(out: Path) -> None:

@@ -43,7 +43,7 @@ class DenoiserConfig:
     index: str = "ivf"
     nlist: Union[int, None] = None  # noqa: UP007
     pq_m: int = 16
-    pca_dim: int = 64
+    pca_dim: int = 32
     train_size: int = 16384
     exact_max_patches: Union[int, None] = None  # noqa: UP007
 

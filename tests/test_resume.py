@@ -105,3 +105,40 @@ def test_process_workers_give_same_output(tmp_path, job_args):
     assert r.returncode == 0, r.stderr
     assert list((b / "index").glob("scale*.faiss"))  # trained once, shared by the workers
     assert np.array_equal(_result(a)[0], _result(b)[0])
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 128 KiB tmpfs (needs root); skipped where mounting is not allowed."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_out_of_disk_is_refused_up_front(tiny_fs, job_args):
+    r = run_cli("run", *job_args, "--out", tiny_fs / "run", "--quiet")
+    assert r.returncode == 2 and "GiB is free" in r.stderr and "Traceback" not in r.stderr
+    assert not (tiny_fs / "run").exists()
+
+
+def test_disk_full_mid_run_then_resume(tiny_fs, tmp_path, job_args):
+    import os
+
+    env_args = [*job_args, "--out", tiny_fs / "run", "--quiet"]
+    env = {**os.environ, "GIGASID_SKIP_DISK_CHECK": "1"}
+    r = subprocess.run([sys.executable, "-m", "gigasid", "run", *map(str, env_args)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "no space left" in r.stderr and "Traceback" not in r.stderr
+    subprocess.run(["mount", "-o", "remount,size=64M", str(tiny_fs)], check=True)
+    r = subprocess.run([sys.executable, "-m", "gigasid", "run", *map(str, env_args)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    ref_dir = tmp_path / "ref"
+    assert run_cli("run", *job_args, "--out", ref_dir, "--quiet").returncode == 0
+    assert np.array_equal(_result(tiny_fs / "run")[0], _result(ref_dir)[0])

@@ -1,9 +1,14 @@
 """Retargeting to any output size (spec §6.2).
 
-The coarsest scale is pinned: the reference resized to the output size (an anisotropic
-stretch), then reduced to the coarsest level; it is never denoised. Finer scales sample from
-noise and are blended with it, so the layout follows the stretched reference while every
-patch comes from the reference at its own scale.
+The coarsest scale is pinned: the reference stretched to the output's aspect ratio at the
+coarsest output size; it is never denoised. Finer scales sample from noise and are blended
+with it, so the layout follows the stretched reference while every patch comes from the
+reference at its own scale.
+
+Deliberate difference from the reference implementation: it resizes the whole reference to
+the full output size and then builds a pyramid down to the coarsest level; we resize straight
+to the coarsest output level (antialiased bicubic), which is nearly the same image and keeps
+memory independent of the output size.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from gigasid.apps.base import App, ScaleProgram, noise_init, sampling_transitions, tensor_init
-from gigasid.core.pyramid import build_pyramid
 
 
 class Retarget(App):
@@ -20,12 +24,10 @@ class Retarget(App):
     def prepare(self, job) -> None:
         plan = job.plan
         ref = job.reference  # (C, H, W) in [-1, 1]
-        h, w = plan.out_shape
+        h, w = plan.scales[-1].shape
         # torch bicubic, antialiased, as the reference implementation's initial resize.
-        resized = F.interpolate(ref[None], size=(h, w), mode="bicubic", antialias=True,
-                                align_corners=False)[0]
-        shapes = [s.shape for s in plan.scales]
-        self.pinned = build_pyramid(resized, shapes)[-1] if len(shapes) > 1 else resized
+        self.pinned = F.interpolate(ref[None], size=(h, w), mode="bicubic", antialias=True,
+                                    align_corners=False)[0]
 
     def program(self, job, scale: int, seed: int) -> ScaleProgram:
         S = job.plan.num_scales

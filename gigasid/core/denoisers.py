@@ -147,7 +147,7 @@ class AnnSettings:
     nlist: int | None = None
     nprobe: int = 2
     pq_m: int = 16
-    pca_dim: int = 64
+    pca_dim: int = 32
     train_size: int = 16384
     seed: int = 0
 
@@ -183,11 +183,12 @@ class AnnDenoiser:
         if self.n > s.train_size:
             pick = np.sort(rng.choice(self.n, s.train_size, replace=False))
             sample = self.y[torch.from_numpy(pick)]
-        # PCA basis of the search space, from the covariance of a seeded sample (float64).
+        # PCA basis of the search space, from the covariance of a seeded sample. float32
+        # is plenty for a basis that only ranks candidates (their weights are exact).
         if 0 < s.pca_dim < self.dim:
-            sd = sample.to(torch.float64)
+            sd = sample[:: max(1, sample.shape[0] // 8192)].to(torch.float32)
             mu = sd.mean(dim=0)
-            cov = (sd - mu).T @ (sd - mu)
+            cov = ((sd - mu).T @ (sd - mu)).to(torch.float64)
             _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
             self.mu = mu.to(torch.float32)
             self.proj = vecs[:, -s.pca_dim :].flip(1).contiguous().to(torch.float32)  # (D, d)
@@ -224,13 +225,23 @@ class AnnDenoiser:
             return v.contiguous()
         return ((v - self.mu) @ self.proj).contiguous()
 
+    def _project_queries(self, x: torch.Tensor, alpha: float) -> np.ndarray:
+        """``P(x / alpha - mu)`` as one GEMM: ``(x @ V) / alpha - mu @ V``."""
+        x = x.to(torch.float32)
+        if self.proj is None:
+            return (x / alpha).cpu().numpy()
+        if not hasattr(self, "_mu_proj"):
+            self._mu_proj = self.mu @ self.proj
+        q = torch.addmm(self._mu_proj, x, self.proj, beta=-1.0, alpha=1.0 / alpha)
+        return q.cpu().numpy()
+
     def search(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
         """Indices ``(M, k)`` of the candidates for queries ``x`` at signal level ``alpha``.
 
         Queries whose probed lists hold fewer than ``k`` patches are searched again with
         4x the lists (up to all of them) instead of failing.
         """
-        q = self._project(x.to(torch.float32) / alpha).cpu().numpy()
+        q = self._project_queries(x, alpha)
         _, idx = self.index.search(q, self.k)
         nprobe = getattr(self.index, "nprobe", None)
         while nprobe is not None and (idx < 0).any():

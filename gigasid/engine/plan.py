@@ -14,7 +14,7 @@ from gigasid.core.pyramid import auto_num_scales, pyramid_shapes
 from gigasid.errors import InputError
 
 #: Default ``denoiser.exact_max_patches`` per device: exact below, ANN above ("auto").
-EXACT_MAX_PATCHES = {"cpu": 3000, "cuda": 250_000}
+EXACT_MAX_PATCHES = {"cpu": 1000, "cuda": 250_000}
 
 #: ``query_stride: auto`` -> 2 on scales with more stride-1 query patches than this.
 STRIDE2_MIN_QUERIES = {"cpu": 8000, "cuda": 8_000_000}
@@ -67,6 +67,7 @@ class JobPlan:
     scales: list[ScalePlan]
     store: str = "memory"
     est_setup_seconds: float = 0.0
+    est_disk_bytes: int = 0
 
     @property
     def num_scales(self) -> int:
@@ -203,3 +204,12 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         dataset = s.n_patches * D * (elem + (4 if s.backend == "ann" else 0))
         s.est_bytes = int(dataset + 6 * image + work + min(s.n_queries, 16384) * D * 8)
     plan.est_setup_seconds = setup
+    if plan.store == "zarr":
+        # Two float32 state buffers per scale and sample, the uint8 output (Zarr + PNG) and
+        # the ANN indexes (projected vectors + ids).
+        state = sum(2 * plan.channels * s.shape[0] * s.shape[1] * 4 for s in plan.scales)
+        h, w = plan.out_shape
+        out = 2 * h * w * plan.channels
+        index = sum(s.n_patches * (cfg.denoiser.pca_dim or 1) * 4 + s.n_patches * 8
+                    for s in plan.scales if s.backend == "ann")
+        plan.est_disk_bytes = int(plan.num_samples * (state + out) + index)
