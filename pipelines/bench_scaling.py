@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,8 +74,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     from _measure import machine
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     ref = HERE / "results" / "astronaut_512.png"
     ref.parent.mkdir(parents=True, exist_ok=True)
