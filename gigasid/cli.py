@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -209,6 +210,93 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     from gigasid.engine.status import run_status
 
     typer.echo(run_status(run_dir))
+
+
+def _sample_dir(run_dir: Path, sample: int) -> Path:
+    out = run_dir / "out"
+    sub = out / f"sample_{sample:03d}"
+    if sub.is_dir():
+        return sub
+    if sample == 0 and out.is_dir():
+        return out
+    raise RunDirError(f"{run_dir} has no outputs for sample {sample} (is the run finished? "
+                      f"see `gigasid status {run_dir}`)")
+
+
+def _sample_image(run_dir: Path, sample: int):
+    """The finished uint8 image of a sample: its Zarr array, else its PNG."""
+    import numpy as np
+
+    d = _sample_dir(run_dir, sample) if (run_dir / "out").exists() else None
+    if d is not None and (d / "image.zarr").exists():
+        import zarr
+
+        return zarr.open_array(str(d / "image.zarr"), mode="r")
+    png = run_dir / f"sample_{sample:03d}.png"
+    if png.is_file():
+        from PIL import Image
+
+        return np.asarray(Image.open(png).convert("RGB"))
+    raise RunDirError(f"{run_dir} has no finished image for sample {sample}")
+
+
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    sample: Annotated[int, typer.Option("--sample", "-s", help="Which sample.")] = 0,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free).")] = 0,
+    browser: Annotated[bool, typer.Option("--browser/--no-browser",
+                                          help="Open the web browser.")] = True,
+) -> None:
+    """Serve a run's deep-zoom viewer on 127.0.0.1 and open it in the browser."""
+    from gigasid.io.serve import serve
+
+    d = _sample_dir(run_dir, sample)
+    if not (d / "index.html").is_file():
+        raise RunDirError(f"{d} has no viewer; run `gigasid export {run_dir} --format dzi` "
+                          "first, or add viewer to output.formats")
+    server = serve(d, port=port, open_browser=browser)
+    typer.echo(f"serving {d} at {server.url}  (Ctrl-C to stop)", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.stop()
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    fmt: Annotated[list[str], typer.Option("--format", "-f", help="tiff, dzi, png, jpeg, "
+                                           "zarr, preview or viewer (repeatable).")],
+    sample: Annotated[int, typer.Option("--sample", "-s", help="Which sample.")] = 0,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Output folder "  # noqa: UP045
+                                               "(default: the sample's out/ folder).")] = None,
+    tile_size: Annotated[int, typer.Option(help="TIFF/DZI tile side.")] = 256,
+    compression: Annotated[str, typer.Option(help="TIFF compression: jpeg, deflate, webp, "
+                                             "lzw or none.")] = "jpeg",
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 90,
+    tile_format: Annotated[str, typer.Option(help="DZI tile format: jpg, png, webp.")] = "jpg",
+    container: Annotated[str, typer.Option(help="DZI container: fs or zip.")] = "fs",
+) -> None:
+    """Re-export a finished run's image without re-running it."""
+    from gigasid.io import export as ex
+
+    ex.limit_heap_fragmentation()  # keeps libvips' strip buffers from bloating the heap
+    image = _sample_image(run_dir, sample)
+    dest = to or _sample_dir(run_dir, sample)
+    try:
+        opts = ex.ExportOptions(tile_size=tile_size, tiff_compression=compression,
+                                quality=quality, dzi_tile_format=tile_format,
+                                dzi_container=container)
+        opts.validate()
+        names = {"jpg": "jpeg", "tif": "tiff"}
+        fmts = [names.get(f, f) for f in fmt]
+        written = ex.export_all(image, dest, opts, formats=fmts)
+    except ValueError as exc:
+        raise ex.ExportError(str(exc)) from None
+    for k, v in written.items():
+        typer.echo(f"{k}: {v}")
 
 
 def main() -> None:

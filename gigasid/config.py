@@ -59,7 +59,7 @@ class EngineConfig:
 
 @dataclass
 class OutputConfig:
-    formats: list = field(default_factory=lambda: ["png"])
+    formats: list = field(default_factory=lambda: ["png", "tiff", "dzi", "preview", "viewer"])
     tile_size: int = 256
     tiff_compression: str = "jpeg"
     quality: int = 90
@@ -370,6 +370,9 @@ def validate(cfg: JobConfig) -> None:
     o = cfg.output
     for fmt in o.formats:
         _check_choice("output.formats", fmt, ("png", "tiff", "dzi", "preview", "viewer", "zarr"))
+    if "viewer" in o.formats and ("dzi" not in o.formats or o.dzi_container != "fs"):
+        raise ConfigError("output.formats: 'viewer' needs 'dzi' with output.dzi_container: fs "
+                          "(the viewer reads loose tiles)")
     _check_choice("output.tiff_compression", o.tiff_compression,
                   ("jpeg", "deflate", "webp", "lzw", "none"))
     _check_range("output.quality", o.quality, 1, 100)

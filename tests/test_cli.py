@@ -120,3 +120,34 @@ def test_unknown_key_in_file(tmp_path):
 def test_missing_config_file(tmp_path):
     r = run_cli("run", tmp_path / "none.yaml")
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_export_and_view_commands(tmp_path, small_ref):
+    import subprocess
+    import sys
+    import urllib.request
+
+    out = tmp_path / "run"
+    r = run_cli("run", REPO / "configs" / "demo.yaml", f"input={small_ref}", "num_samples=1",
+                "num_steps=2", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    for name in ("image.tif", "image.dzi", "index.html", "preview.jpg", "provenance.json"):
+        assert (out / "out" / name).is_file(), name
+    r = run_cli("export", out, "--format", "jpeg", "--format", "zarr", "--to", tmp_path / "x")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "x" / "image.jpg").is_file() and (tmp_path / "x" / "image.zarr").is_dir()
+    r = run_cli("export", out, "--format", "gif")
+    assert r.returncode == 2 and "gif" in r.stderr
+    r = run_cli("export", tmp_path, "--format", "png")
+    assert r.returncode == 2
+    proc = subprocess.Popen([sys.executable, "-m", "gigasid", "view", str(out), "--no-browser"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        url = line.split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "index.html", timeout=10) as resp:
+            assert resp.status == 200 and b"OpenSeadragon" in resp.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

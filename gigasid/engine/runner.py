@@ -65,6 +65,7 @@ class Job:
     levels: list[torch.Tensor]
     contexts: list[ScaleContext]
     setup_seconds: float = 0.0
+    input_sha256: str = ""
     timings: dict = field(default_factory=dict)
 
 
@@ -112,7 +113,9 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
             query_stride=sp.query_stride, window=window, denoiser=den,
             schedule=make_schedule(cfg.schedule, sp.num_steps, cfg.sigma_min),
             low_shape=low, coarser_shape=coarser.shape if coarser else None, device=device))
-    job = Job(cfg, plan, ref, levels, contexts)
+    from gigasid.io.images import file_fingerprint
+
+    job = Job(cfg, plan, ref, levels, contexts, input_sha256=file_fingerprint(cfg.input_path()))
     get_app(cfg.app).prepare(job)  # validation only; the app object is rebuilt per run
     job.setup_seconds = time.perf_counter() - t0
     return job
@@ -326,26 +329,62 @@ def make_executor(cfg: JobConfig, run_dir: Path | None = None):
     return None
 
 
+def provenance(job: Job, sample: int) -> dict:
+    """What made this image: version, resolved config, seed and input fingerprint."""
+    from gigasid import __version__
+
+    return {"title": f"gigasid {job.cfg.app} - {job.cfg.name} - sample {sample}",
+            "gigasid": __version__, "app": job.cfg.app, "sample": sample,
+            "seed": job.cfg.seed + sample, "input": str(job.cfg.input_path()),
+            "input_sha256": job.input_sha256, "config": job.cfg.to_dict()}
+
+
 def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dict:
-    """Finished float state -> uint8 RGB (Zarr for persistent stores) and a PNG if it fits."""
+    """Finished float state -> uint8 RGB -> PNG and the deep-zoom outputs of ``output.formats``.
+
+    Persistent runs convert tile by tile into ``out/image.zarr`` and every export streams
+    from it; in-memory runs convert the whole (small) image at once.
+    """
+    from gigasid.io import export
     from gigasid.io.images import save_png, to_uint8
 
     h, w = job.plan.out_shape
-    written = {}
+    fmts = list(job.cfg.output.formats)
+    dest = Path(out_dir) / "out"
+    if job.plan.num_samples > 1:
+        dest = dest / f"sample_{sample:03d}"
+    written: dict = {}
     if store.persistent:
         import zarr
 
-        sub = out_dir / "out" / (f"sample_{sample:03d}" if job.plan.num_samples > 1 else "")
         tile = job.plan.scales[0].tile or 512
-        arr = zarr.create_array(str(sub / "image.zarr"), shape=(h, w, 3),
+        arr = zarr.create_array(str(dest / "image.zarr"), shape=(h, w, 3),
                                 chunks=(tile, tile, 3), dtype="uint8", overwrite=True,
                                 config={"write_empty_chunks": True})
         for (y0, y1, x0, x1) in job.plan.scales[0].tiles:
             arr[y0:y1, x0:x1] = to_uint8((store.read(name, (y0, y1, x0, x1)) + 1.0) / 2.0)
-        written["zarr"] = str(sub / "image.zarr")
-    if h * w <= PNG_MAX_PIXELS:
-        rgb = to_uint8((store.whole(name) + 1.0) / 2.0)
-        written["png"] = str(save_png(rgb, Path(out_dir) / f"sample_{sample:03d}.png"))
+        image = arr
+        written["zarr"] = str(dest / "image.zarr")
+    else:
+        image = to_uint8((store.whole(name) + 1.0) / 2.0)
+        if "zarr" in fmts:
+            written["zarr"] = str(export.export_zarr(image, dest / "image.zarr"))
+    prov = provenance(job, sample)
+    if "png" in fmts:
+        png = Path(out_dir) / f"sample_{sample:03d}.png"
+        if not store.persistent:
+            written["png"] = str(save_png(image, png))
+        elif h * w <= PNG_MAX_PIXELS:
+            written["png"] = str(export.export_png(image, png))
+    deep = [f for f in fmts if f in ("tiff", "dzi", "preview", "viewer")]
+    if deep:
+        o = job.cfg.output
+        opts = export.ExportOptions(
+            tile_size=o.tile_size, tiff_compression=o.tiff_compression, quality=o.quality,
+            dzi_tile_format=o.dzi_tile_format, dzi_container=o.dzi_container,
+            preview_long_side=o.preview_long_side)
+        files = export.export_all(image, dest, opts, prov, formats=deep, title=prov["title"])
+        written.update({k: str(v) for k, v in files.items()})
     return written
 
 
