@@ -50,7 +50,8 @@ def run_job(ref: Path, mp: float, store: str, extra: list[str]) -> dict:
         run_dir = Path(d) / "run"
         cmd = [sys.executable, "-m", "gigasid", "run", str(HERE.parent / "configs" /
                "retarget.yaml"), f"input={ref}", "num_samples=1", f"output_size=[{h},{w}]",
-               f"engine.store={store}", "--out", str(run_dir), "--quiet", *extra]
+               f"engine.store={store}", "num_steps=10", "--out", str(run_dir), "--quiet",
+               *extra]
         t0 = time.perf_counter()
         proc = psutil.Popen(cmd)
         peak = 0
@@ -94,7 +95,8 @@ def main() -> None:
     (args.out / "bench_scaling.json").write_text(json.dumps(res, indent=2))
     m = res["machine"]
     lines = [f"# bench_scaling ({m['date']}, {m['cpu']}, {m['cores']} cores)", "",
-             "512x512 reference, `configs/retarget.yaml`, Zarr store, 512-px tiles, 1 worker.",
+             "512x512 reference, `configs/retarget.yaml` with `num_steps=10`, Zarr store, "
+             "512-px tiles, 1 worker (2 threads).",
              "", "| output | MP | wall s | s/MP | peak RssAnon MB (all processes) | disk MB |",
              "|---|---|---|---|---|---|"]
     for r in rows + [mem]:

@@ -12,7 +12,7 @@ from gigasid.core.resample import resize
 from gigasid.core.schedule import flow_linear
 from gigasid.engine.plan import tile_grid
 from gigasid.engine.progress import Reporter
-from gigasid.engine.runner import _window_1d, prepare, sample_once
+from gigasid.engine.runner import prepare, sample_once
 from gigasid.engine.transition import ScaleContext, Transition, run_transition
 
 
@@ -23,7 +23,7 @@ def _context(photo, backend, stride):
     den = ExactDenoiser(y) if backend == "exact" else AnnDenoiser(
         y, AnnSettings(k=6, index="ivf", nprobe=4, pca_dim=24))
     ctx = ScaleContext(scale=1, shape=(70, 90), channels=3, patch=7, query_stride=stride,
-                       window=_window_1d(7, 0.2), denoiser=den, schedule=flow_linear(10),
+                       window=P.fold_window(7, 0.2), denoiser=den, schedule=flow_linear(10),
                        low_shape=blend_low_shape((70, 90), 0.5, None),
                        coarser_shape=coarse_shape)
     coarser = resize(fine, coarse_shape)

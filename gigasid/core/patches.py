@@ -76,19 +76,23 @@ def extract(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, patch: int) -> 
     return out.reshape(len(ys) * len(xs), c * patch * patch)
 
 
-def fold_weights(patch: int, rho: float, channels: int, dtype=torch.float32) -> torch.Tensor:
-    """Separable Gaussian fold window over normalised coordinates ``u in [-1, 1]``.
+def fold_window(patch: int, rho: float) -> torch.Tensor:
+    """1-D fold window ``g(u) = exp(-u^2 / (2 rho^2))`` over ``u in [-1, 1]`` (float64).
 
-    ``g(u) = exp(-u^2 / (2 rho^2))``; ``rho = inf`` gives uniform weights. Returned as a
-    ``(C * P * P,)`` vector matching the flattened patch layout.
+    ``rho`` is relative to the patch half-width; ``rho = inf`` gives uniform weights.
     """
     if math.isinf(rho):
-        g = torch.ones(patch, dtype=torch.float64)
-    else:
-        if rho <= 0:
-            raise ValueError("fold_rho must be positive (use inf for uniform weights)")
-        u = torch.linspace(-1.0, 1.0, patch, dtype=torch.float64)
-        g = torch.exp(-0.5 * (u / rho) ** 2)
+        return torch.ones(patch, dtype=torch.float64)
+    if rho <= 0:
+        raise ValueError("fold_rho must be positive (use inf for uniform weights)")
+    u = torch.linspace(-1.0, 1.0, patch, dtype=torch.float64)
+    return torch.exp(-0.5 * (u / rho) ** 2)
+
+
+def fold_weights(patch: int, rho: float, channels: int, dtype=torch.float32) -> torch.Tensor:
+    """The separable 2-D window ``g(u) g(v)`` as a ``(C * P * P,)`` vector matching the
+    flattened patch layout."""
+    g = fold_window(patch, rho)
     w2 = g[:, None] * g[None, :]
     return w2.expand(channels, patch, patch).reshape(-1).to(dtype)
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 from gigasid.config import JobConfig, per_scale
@@ -24,11 +23,14 @@ ZARR_MIN_PIXELS = 4 * 2**20
 #: ``engine.tile_size: 0`` with a Zarr store -> tiles (= chunks) of this side.
 DEFAULT_ZARR_TILE = 512
 
-#: Throughput model used for estimates (calibrated by pipelines/bench_core.py on 2 cores).
+#: Throughput model for estimates, calibrated with pipelines/bench_core.py on 2 CPU cores
+#: (GPU values are placeholders until measured on a GPU).
 CPU_GFLOPS = {"float32": 150.0, "bfloat16": 450.0}
 CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
-ANN_SECONDS_PER_QUERY = {"cpu": 2.0e-6, "cuda": 5.0e-8}
-PIXEL_SECONDS = {"cpu": 2.5e-7, "cuda": 5e-9}  # extraction + fold per query element
+#: ANN step cost per query patch element (search + re-weighting + extraction + fold).
+ANN_SECONDS_PER_ELEMENT = {"cpu": 2.2e-8, "cuda": 2e-10}
+#: Extraction + fold cost per query patch element (exact backends).
+FOLD_SECONDS_PER_ELEMENT = {"cpu": 5e-9, "cuda": 5e-11}
 
 
 @dataclass
@@ -175,34 +177,39 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
 
 
 def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
-    """Fill in time and memory estimates from a simple throughput model."""
+    """Fill in time, memory and disk estimates from a simple throughput model."""
     dev, dt = plan.device, plan.dtype
     gflops = (CPU_GFLOPS if dev == "cpu" else CUDA_GFLOPS)[dt]
-    elem = 2 if dt == "bfloat16" else 4
     setup = 0.0
     for s in plan.scales:
-        D = plan.channels * s.patch * s.patch
-        steps = s.num_steps
-        if cfg.app == "reconstruct":
-            # inversion up to the noise level and back down
-            steps = 2 * max(1, round(cfg.noise_level * s.num_steps))
         if not s.denoised:
             continue
-        fold = PIXEL_SECONDS[dev] * s.n_queries * D
+        D = plan.channels * s.patch * s.patch
+        steps = s.num_steps
+        if cfg.app == "reconstruct":  # inversion up to the noise level and back down
+            steps = 2 * max(1, round(cfg.noise_level * s.num_steps))
+        h, w = s.shape
+        halo = s.patch + 12  # patch reach + blend support, in pixels
+        region_h = min(h, s.tile + 2 * halo) if s.tile else h
+        region_w = min(w, s.tile + 2 * halo) if s.tile else w
+        overhead = (region_h * region_w) / min(h * w, (s.tile or h) * (s.tile or w))
+        overhead = max(1.0, overhead) if s.tile else 1.0
         if s.backend in ("exact", "sdpa"):
-            per_step = 4.0 * s.n_patches * s.n_queries * D / (gflops * 1e9) + fold
+            per_step = (4.0 * s.n_patches * s.n_queries * D / (gflops * 1e9)
+                        + FOLD_SECONDS_PER_ELEMENT[dev] * s.n_queries * D)
             block = min(s.n_queries, max(1, 256 * 2**20 // (8 * max(1, s.n_patches))))
             work = block * s.n_patches * 8
+            dataset = s.n_patches * D * 4 * 2
         else:
-            per_step = ANN_SECONDS_PER_QUERY[dev] * s.n_queries * math.sqrt(
-                max(1, s.n_patches)) / 16 + 2 * fold
+            per_step = ANN_SECONDS_PER_ELEMENT[dev] * s.n_queries * D
             work = 8192 * (cfg.denoiser.k + 2) * D * 4
-            setup += 2e-8 * s.n_patches * D
+            dataset = s.n_patches * (D + cfg.denoiser.pca_dim + 2) * 4
+            setup += 3e-8 * s.n_patches * D
         # alpha = 0 at the first step returns the dataset mean: nearly free.
-        s.est_seconds = per_step * max(steps - 1, 1)
-        image = plan.channels * s.shape[0] * s.shape[1] * 4
-        dataset = s.n_patches * D * (elem + (4 if s.backend == "ann" else 0))
-        s.est_bytes = int(dataset + 6 * image + work + min(s.n_queries, 16384) * D * 8)
+        s.est_seconds = per_step * overhead * max(steps - 1, 1)
+        region = plan.channels * region_h * region_w * 4
+        queries = min(s.n_queries, 16384) * D * 4 * 3
+        s.est_bytes = int(dataset + 12 * region + work + queries)
     plan.est_setup_seconds = setup
     if plan.store == "zarr":
         # Two float32 state buffers per scale and sample, the uint8 output (Zarr + PNG) and

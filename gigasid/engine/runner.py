@@ -7,7 +7,6 @@ double-buffered: a wave reads ``x_t`` and writes ``x_t'`` into the other buffer.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -104,7 +103,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
             den = make_denoiser(sp.backend, data, compute, ann, index_path=path)
         else:
             den = None
-        window = _window_1d(sp.patch, sp.fold_rho)
+        window = P.fold_window(sp.patch, sp.fold_rho)
         coarser = plan.scales[sp.index + 1] if sp.index + 1 < plan.num_scales else None
         low = (blend_low_shape(sp.shape, cfg.pyramid.relative_scale, cfg.pyramid.min_short_side)
                if coarser else None)
@@ -119,13 +118,6 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     get_app(cfg.app).prepare(job)  # validation only; the app object is rebuilt per run
     job.setup_seconds = time.perf_counter() - t0
     return job
-
-
-def _window_1d(patch: int, rho: float) -> torch.Tensor:
-    if math.isinf(rho):
-        return torch.ones(patch, dtype=torch.float64)
-    u = torch.linspace(-1.0, 1.0, patch, dtype=torch.float64)
-    return torch.exp(-0.5 * (u / rho) ** 2)
 
 
 def _mark(sample: int, scale: int, wave: int, tile: int | None = None) -> str:
