@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,7 +65,6 @@ class Job:
     contexts: list[ScaleContext]
     setup_seconds: float = 0.0
     input_sha256: str = ""
-    timings: dict = field(default_factory=dict)
 
 
 def prepare(cfg: JobConfig, reporter: Reporter | None = None,
@@ -127,11 +126,6 @@ def _mark(sample: int, scale: int, wave: int, tile: int | None = None) -> str:
 
 def _buf(sample: int, scale: int, wave: int) -> str:
     return f"x{sample}/s{scale}/b{wave % 2}"
-
-
-def finished_name(job: Job, program_len: dict, sample: int, scale: int) -> str:
-    """Store array holding the finished state of ``scale`` (the last wave's buffer)."""
-    return _buf(sample, scale, program_len[scale])
 
 
 def _tile_work(job: Job, store, program, sample: int, scale: int, wave: int, ti: int,

@@ -170,6 +170,3 @@ class ZarrStore:
             p.unlink(missing_ok=True)
             n += 1
         return n
-
-    def count_marks(self, prefix: str) -> int:
-        return sum(1 for _ in self.marks_dir.glob(prefix + "*"))
