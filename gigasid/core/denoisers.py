@@ -31,9 +31,13 @@ from gigasid.errors import GigasidError
 BACKENDS = ("exact", "sdpa", "ann")
 
 
-def _dataset_mean(y: torch.Tensor) -> torch.Tensor:
-    # Accumulate in float64 so millions of rows do not drift.
-    return y.to(torch.float64).mean(dim=0)
+def _dataset_mean(y: torch.Tensor, block: int = 16384) -> torch.Tensor:
+    # Accumulate in float64 so millions of rows do not drift; in blocks, so no float64 copy
+    # of the whole dataset is ever made.
+    total = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
+    for a in range(0, y.shape[0], block):
+        total += y[a : a + block].to(torch.float64).sum(dim=0)
+    return total / y.shape[0]
 
 
 def _rows_per_chunk(n: int, budget_bytes: int, bytes_per_entry: int = 8) -> int:
@@ -198,8 +202,9 @@ class AnnDenoiser:
         self.index = _build_index(faiss, s, self.n, search_dim)
         if not self.index.is_trained:
             self.index.train(np.ascontiguousarray(self._project(sample).numpy()))
-        for a in range(0, self.n, 262144):  # add in blocks to bound the projected copy
-            self.index.add(np.ascontiguousarray(self._project(self.y[a : a + 262144]).numpy()))
+        # Add in blocks: projecting all N patches at once would hold a second (N, D) copy.
+        for a in range(0, self.n, 32768):
+            self.index.add(np.ascontiguousarray(self._project(self.y[a : a + 32768]).numpy()))
 
     def _save(self, path: str) -> None:
         """Write the index (and PCA basis) atomically, so workers can memory-map it."""
