@@ -64,6 +64,10 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, job_args):
     assert not list(run_dir.rglob("*.partial"))
     status = run_cli("status", run_dir)
     assert status.returncode == 0 and "sample 0: done" in status.stdout
+    # Running a finished job again recomputes nothing and keeps its files.
+    assert run_cli("run", *job_args, "--out", run_dir, "--quiet").returncode == 0
+    assert "sample_skipped" in (run_dir / "log.jsonl").read_text()
+    assert _result(run_dir)[1] == expected[1]
 
 
 def test_damaged_state_chunk_is_recomputed(tmp_path, job_args):

@@ -403,6 +403,11 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
         for i in range(cfg.num_samples):
             t0 = time.perf_counter()
             done_key = f"x{i}-written"
+            if store.is_done(done_key):  # finished before an interruption: keep its files
+                reporter.event("sample_skipped", sample=i, reason="already written")
+                outputs.append({})
+                sample_seconds.append(0.0)
+                continue
             repair_state(job, store, i, reporter)
             name = generate(job, store, cfg.seed + i, i, reporter, executor)
             written = write_outputs(job, store, name, Path(out_dir), i)
