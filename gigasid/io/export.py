@@ -786,6 +786,26 @@ def _check_plain_limits(fmt: str, height: int, width: int) -> None:
             )
 
 
+def _save_atomically(
+    image: Any,
+    path: str | os.PathLike[str],
+    bridge: VipsBridge | None,
+    save: Callable[[Any, str], Any],
+) -> Path:
+    """Run ``save(vips_image, tmp_path)`` from the bridge, then move the file into place."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_path(out)
+    try:
+        with _bridge_for(image, out.parent, bridge) as b:
+            save(b.image, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
 def export_png(
     image: Any,
     path: str | os.PathLike[str],
@@ -821,17 +841,9 @@ def export_png(
     height, width = _image_shape(image)
     _check_plain_limits("png", height, width)
     _check_int("compression", compression, 0, 9)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_path(out)
-    try:
-        with _bridge_for(image, out.parent, bridge) as b:
-            b.image.pngsave(str(tmp), compression=compression, keep="none")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return _save_atomically(
+        image, path, bridge, lambda v, tmp: v.pngsave(tmp, compression=compression, keep="none")
+    )
 
 
 def export_jpeg(
@@ -868,17 +880,9 @@ def export_jpeg(
     height, width = _image_shape(image)
     _check_plain_limits("jpeg", height, width)
     _check_int("quality", quality, 1, 100)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_path(out)
-    try:
-        with _bridge_for(image, out.parent, bridge) as b:
-            b.image.jpegsave(str(tmp), Q=quality, keep="none")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return _save_atomically(
+        image, path, bridge, lambda v, tmp: v.jpegsave(tmp, Q=quality, keep="none")
+    )
 
 
 def export_preview(
@@ -915,18 +919,14 @@ def export_preview(
     height, width = _image_shape(image)
     _check_int("long_side", long_side, 1, JPEG_MAX_SIDE)
     _check_int("quality", quality, 1, 100)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_path(out)
-    try:
-        with _bridge_for(image, out.parent, bridge) as b:
-            thumb = b.image.thumbnail_image(long_side, height=long_side, size="down")
-            thumb.jpegsave(str(tmp), Q=quality, keep="none")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return _save_atomically(
+        image,
+        path,
+        bridge,
+        lambda v, tmp: v.thumbnail_image(long_side, height=long_side, size="down").jpegsave(
+            tmp, Q=quality, keep="none"
+        ),
+    )
 
 
 def export_zarr(
