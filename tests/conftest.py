@@ -27,6 +27,20 @@ def small_photo(photo):
     return resize(photo, (64, 64))
 
 
+@pytest.fixture
+def photo_file(tmp_path, photo):
+    """Write the photograph, resized to ``(H, W)``, as a PNG in the test's folder."""
+    from gigasid.core.resample import resize
+    from gigasid.io.images import save_png, to_uint8
+
+    def make(shape: tuple[int, int], name: str = "ref.png") -> Path:
+        p = tmp_path / name
+        save_png(to_uint8((resize(photo, shape) + 1) / 2), p)
+        return p
+
+    return make
+
+
 def run_cli(*args, cwd=None, timeout=600):
     import subprocess
 

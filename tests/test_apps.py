@@ -12,12 +12,8 @@ from gigasid.metrics import patch_nn_distance, psnr
 
 
 @pytest.fixture
-def ref_file(tmp_path, photo):
-    from gigasid.core.resample import resize
-
-    p = tmp_path / "ref.png"
-    save_png(to_uint8((resize(photo, (96, 96)) + 1) / 2), p)
-    return p
+def ref_file(photo_file):
+    return photo_file((96, 96))
 
 
 def test_reconstruct_round_trip_psnr(tmp_path, photo):

@@ -11,12 +11,8 @@ from gigasid.io.images import save_png, to_uint8
 
 
 @pytest.fixture
-def small_ref(tmp_path, photo):
-    from gigasid.core.resample import resize
-
-    p = tmp_path / "small.png"
-    save_png(to_uint8((resize(photo, (64, 80)) + 1) / 2), p)
-    return p
+def small_ref(photo_file):
+    return photo_file((64, 80), "small.png")
 
 
 def test_demo_config_end_to_end(tmp_path, small_ref):

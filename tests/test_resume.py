@@ -11,15 +11,11 @@ import pytest
 import zarr
 
 from conftest import REPO, run_cli
-from gigasid.io.images import save_png, to_uint8
 
 
 @pytest.fixture
-def job_args(tmp_path, photo):
-    from gigasid.core.resample import resize
-
-    ref = tmp_path / "ref.png"
-    save_png(to_uint8((resize(photo, (64, 64)) + 1) / 2), ref)
+def job_args(photo_file):
+    ref = photo_file((64, 64))
     return [REPO / "configs" / "demo.yaml", f"input={ref}", "num_samples=1",
             "output_size=[96,128]", "patch_size=7", "num_steps=6", "eta=0.5",
             "pyramid.min_short_side=14", "engine.store=zarr", "engine.tile_size=32",
