@@ -151,19 +151,11 @@ def child(task: dict[str, Any]) -> dict[str, Any]:
         t1 = time.perf_counter()
         if fmt == "bridge":
             pass
-        elif fmt == "tiff_jpeg":
+        elif fmt in ("tiff_jpeg", "tiff_deflate"):
             ex.export_tiff(
                 src,
                 out / "image.tif",
-                ex.ExportOptions(tiff_compression="jpeg"),
-                {"seed": 0},
-                bridge=bridge,
-            )
-        elif fmt == "tiff_deflate":
-            ex.export_tiff(
-                src,
-                out / "image.tif",
-                ex.ExportOptions(tiff_compression="deflate"),
+                ex.ExportOptions(tiff_compression=fmt.split("_", 1)[1]),
                 {"seed": 0},
                 bridge=bridge,
             )

@@ -48,8 +48,9 @@ class Transition:
     blend: bool = False
 
 
-def input_window(ctx: ScaleContext, tr: Transition, region: Region) -> tuple[Region, Region | None]:
-    """Windows of ``x_t`` and of the coarser result that ``region`` needs."""
+def input_windows(ctx: ScaleContext, tr: Transition,
+                  region: Region) -> tuple[Region, Region, Region | None]:
+    """What ``region`` needs: the estimate's region, the ``x_t`` window, the coarser window."""
     est_region, coarse = region, None
     if tr.blend:
         est_region, coarse = idn.blend_input_region(ctx.shape, ctx.low_shape,
@@ -58,7 +59,7 @@ def input_window(ctx: ScaleContext, tr: Transition, region: Region) -> tuple[Reg
     # The step also reads x_t on the region itself.
     xwin = (min(xwin[0], region[0]), max(xwin[1], region[1]),
             min(xwin[2], region[2]), max(xwin[3], region[3]))
-    return xwin, coarse
+    return est_region, xwin, coarse
 
 
 def run_transition(ctx: ScaleContext, tr: Transition, region: Region, read_x: Reader,
@@ -67,11 +68,7 @@ def run_transition(ctx: ScaleContext, tr: Transition, region: Region, read_x: Re
     sch = ctx.schedule
     a, s = sch.alphas[tr.t_from], sch.sigmas[tr.t_from]
     a2, s2 = sch.alphas[tr.t_to], sch.sigmas[tr.t_to]
-    est_region = region
-    if tr.blend:
-        est_region, cwin = idn.blend_input_region(ctx.shape, ctx.low_shape,
-                                                  ctx.coarser_shape, region)
-    xwin, _ = input_window(ctx, tr, region)
+    est_region, xwin, cwin = input_windows(ctx, tr, region)
     x = read_x(xwin).to(ctx.device, torch.float32)
     x_hat = idn.denoise_region(x, (xwin[0], xwin[2]), ctx.shape, est_region, ctx.patch,
                                ctx.query_stride, ctx.window, ctx.denoiser, a, s)
