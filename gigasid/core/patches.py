@@ -128,26 +128,34 @@ def fold(
 
     The offsets are relative to the canvas origin and every window must lie inside it. The
     window grid may be irregular (a regular stride grid plus the border window); it is split
-    into arithmetic runs so each block is one ``F.fold`` call. Pass ``out`` to accumulate into
-    an existing canvas, or ``out_shape`` to start from zeros.
+    into arithmetic runs. Pass ``out`` to accumulate into an existing canvas, or
+    ``out_shape`` to start from zeros.
     """
     if out is None:
         if out_shape is None:
             raise ValueError("fold needs out_shape or out")
         out = torch.zeros((channels, *out_shape), dtype=patches.dtype, device=patches.device)
     grid = patches.reshape(len(ys), len(xs), channels, patch, patch)
+    width = out.shape[2]
+    x_runs = _runs(xs)
     yi = 0
     for y0, dy, ny in _runs(ys):
+        # The fold is separable: first overlap-add along x into a strip of patch rows
+        # (ny, C, P, W), then along y. That is 2P strided additions per run instead of P^2,
+        # which matters most on small scales where each addition is mostly call overhead.
+        strip = torch.zeros((ny, channels, patch, width), dtype=out.dtype, device=out.device)
         xi = 0
-        for x0, dx, nx in _runs(xs):
+        for x0, dx, nx in x_runs:
             block = grid[yi : yi + ny, xi : xi + nx]  # (ny, nx, C, P, P), a view
-            # Overlap-add as P*P strided slice additions, read straight from the patch
-            # layout: about 2x faster than col2im or a transposed copy on CPU (measured).
-            for py in range(patch):
-                ys_sl = slice(y0 + py, y0 + py + (ny - 1) * dy + 1, dy)
-                for px in range(patch):
-                    xs_sl = slice(x0 + px, x0 + px + (nx - 1) * dx + 1, dx)
-                    out[:, ys_sl, xs_sl] += block[:, :, :, py, px].permute(2, 0, 1)
+            for px in range(patch):
+                # (ny, C, P_y, nx). Plain additions only: a fused multiply-add would round
+                # differently in vectorised and scalar loop tails, i.e. depend on the tile.
+                strip[:, :, :, x0 + px : x0 + px + (nx - 1) * dx + 1 : dx] += block[
+                    ..., px
+                ].permute(0, 2, 3, 1)
             xi += nx
+        for py in range(patch):
+            rows = slice(y0 + py, y0 + py + (ny - 1) * dy + 1, dy)
+            out[:, rows, :] += strip[:, :, py, :].permute(1, 0, 2)
         yi += ny
     return out
