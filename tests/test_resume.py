@@ -52,6 +52,9 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, job_args):
             kills += 1
         proc.wait()
     assert kills >= 2, "the job finished before it could be killed"
+    st = run_cli("status", run_dir)
+    assert st.returncode == 0 and "sample 0: in progress" in st.stdout, st.stdout
+    assert "tiles per step" in st.stdout
     r = run_cli("run", *job_args, "--out", run_dir, "--quiet")
     assert r.returncode == 0, r.stderr
     got = _result(run_dir)

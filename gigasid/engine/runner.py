@@ -11,6 +11,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from gigasid.core.denoisers import AnnSettings, make_denoiser
 from gigasid.core.image_denoiser import blend_low_shape
 from gigasid.core.pyramid import build_pyramid
 from gigasid.core.schedule import make_schedule
+from gigasid.engine import graph
 from gigasid.engine.plan import JobPlan, make_plan
 from gigasid.engine.progress import Reporter
 from gigasid.engine.transition import ScaleContext, run_transition
@@ -155,56 +157,99 @@ def _tile_work(job: Job, store, program, sample: int, scale: int, wave: int, ti:
 
 def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
               coarser_name: str | None, reporter: Reporter, executor=None) -> str:
-    """Run one scale's program as waves of tile tasks; returns the finished array's name.
+    """Run one scale's program as a Dask graph of tile tasks; returns the result's name.
 
-    Wave 0 writes the initial state, wave k the k-th transition. Tiles already marked done
-    (a resumed run) are skipped; a wave starts only when the previous one is complete,
-    because it reads the buffer the previous wave wrote and overwrites the one before.
+    Wave 0 writes the initial state, wave k the k-th transition. Each tile task waits only
+    for the tiles it reads and for the readers of the chunk it overwrites (see
+    :mod:`gigasid.engine.graph`), so waves overlap. Tiles already marked done (a resumed
+    run) are not recomputed. A wave's marker is written once all its tiles are done.
     """
     ctx = job.contexts[scale]
     sp = job.plan.scales[scale]
     n = len(program.transitions)
+    ntiles = len(sp.tiles)
     shape = (ctx.channels, *ctx.shape)
     for b in range(min(2, n + 1)):
         store.ensure(_buf(sample, scale, b), shape, sp.tile)
     reporter.event("scale_start", sample=sample, num_samples=job.plan.num_samples,
-                   scale=scale, shape=sp.shape, num_transitions=n, tiles=len(sp.tiles))
+                   scale=scale, shape=sp.shape, num_transitions=n, tiles=ntiles)
     work = sp.est_seconds / max(1, n)
-    for wave in range(n + 1):
-        if store.is_done(_mark(sample, scale, wave)):
-            if wave > 0:
-                reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
-                               scale=scale, step_index=wave - 1, num_transitions=n,
-                               seconds=0.0, work=work, resumed=True)
-            continue
-        t0 = time.perf_counter()
-        todo = [ti for ti in range(len(sp.tiles))
-                if not store.is_done(_mark(sample, scale, wave, ti))]
-        args = [(job, store, program, sample, scale, wave, ti, seed, coarser_name)
-                for ti in todo]
-        for ti, secs in zip(todo, _map(executor, args), strict=True):
-            reporter.event("tile_done", sample=sample, scale=scale, wave=wave, tile=ti,
-                           seconds=round(secs, 4))
-        store.mark(_mark(sample, scale, wave))
-        if wave > 0:
-            tr = program.transitions[wave - 1]
+    marks = store.marked(f"x{sample}-s{scale}-w")
+    waves_done = {w for w in range(n + 1) if _mark(sample, scale, w) in marks}
+
+    def done(w: int, t: int) -> bool:
+        return w in waves_done or _mark(sample, scale, w, t) in marks
+
+    left = [sum(1 for t in range(ntiles) if not done(w, t)) for w in range(n + 1)]
+    for w in range(n + 1):
+        if left[w] == 0 and w not in waves_done:  # every tile done, wave marker missing
+            store.mark(_mark(sample, scale, w))
+    for w in range(1, n + 1):
+        if left[w] == 0:
             reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
-                           scale=scale, step_index=wave - 1, num_transitions=n,
-                           t_from=tr.t_from, t_to=tr.t_to,
-                           seconds=round(time.perf_counter() - t0, 4), work=work)
-    return _buf(sample, scale, n)
+                           scale=scale, step_index=w - 1, num_transitions=n,
+                           seconds=0.0, work=work, resumed=True)
+    if left[n] == 0:
+        return _buf(sample, scale, n)
 
-
-def _map(executor, args: list[tuple]) -> list[float]:
-    if executor is None or len(args) <= 1 and not isinstance(executor, ProcessPoolExecutor):
-        return [_tile_work(*a) for a in args]
+    reads = graph.read_sets(ctx, sp.tile, sp.tiles, program.transitions)
+    deps = graph.wave_dependencies(reads, ntiles)
     if isinstance(executor, ProcessPoolExecutor):
         # Workers hold their own job (built once per process from the run directory); only
         # tile coordinates travel, never arrays or indexes.
-        futures = [executor.submit(_worker_tile, *a[3:]) for a in args]
+        task = partial(_process_tile_task, sample, scale, seed, coarser_name)
     else:
-        futures = [executor.submit(_tile_work, *a) for a in args]
-    return [f.result() for f in futures]
+        task = partial(_local_tile_task, job, store, program, sample, scale, seed, coarser_name)
+    dsk, keys = graph.scale_graph(f"x{sample}-s{scale}", deps, task, done)
+    t_wave = [time.perf_counter()]
+
+    def on_tile_done(key, secs, *_):
+        _, w, t = key
+        reporter.event("tile_done", sample=sample, scale=scale, wave=w, tile=t,
+                       seconds=round(secs, 4))
+        left[w] -= 1
+        if left[w] == 0:
+            store.mark(_mark(sample, scale, w))
+            if w > 0:
+                tr = program.transitions[w - 1]
+                now = time.perf_counter()
+                reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
+                               scale=scale, step_index=w - 1, num_transitions=n,
+                               t_from=tr.t_from, t_to=tr.t_to,
+                               seconds=round(now - t_wave[0], 4), work=work)
+                t_wave[0] = now
+
+    _execute(dsk, keys, executor, on_tile_done)
+    return _buf(sample, scale, n)
+
+
+def _local_tile_task(job, store, program, sample, scale, seed, coarser_name, wave, ti, _deps):
+    return _tile_work(job, store, program, sample, scale, wave, ti, seed, coarser_name)
+
+
+def _process_tile_task(sample, scale, seed, coarser_name, wave, ti, _deps):
+    return _worker_tile(sample, scale, wave, ti, seed, coarser_name)
+
+
+def _execute(dsk: dict, keys: list, executor, on_done) -> None:
+    """Run a graph with Dask's local scheduler on our executor (None: in this thread)."""
+    import dask.local
+    import dask.multiprocessing
+    import dask.threaded
+
+    callbacks = [(None, None, None, on_done, None)]
+    try:
+        if executor is None:
+            dask.local.get_sync(dsk, keys, callbacks=callbacks)
+        elif isinstance(executor, ProcessPoolExecutor):
+            dask.multiprocessing.get(dsk, keys, pool=executor, chunksize=1,
+                                     optimize_graph=False, callbacks=callbacks)
+        else:
+            dask.threaded.get(dsk, keys, pool=executor, chunksize=1, callbacks=callbacks)
+    except dask.multiprocessing.RemoteException as exc:
+        # A worker process failed: raise its own exception (e.g. disk full), not the
+        # wrapper that carries the remote traceback in its message.
+        raise exc.exception from None
 
 
 _WORKER: dict = {}
@@ -236,8 +281,9 @@ def _worker_tile(sample: int, scale: int, wave: int, ti: int, seed: int,
 def repair_state(job: Job, store, sample: int, reporter: Reporter) -> list[int]:
     """Check the chunks a resumed sample still needs; recompute scales whose state is damaged.
 
-    For every scale with progress, the buffer the next wave reads (or, for a finished scale,
-    its result) must have every chunk present and whole. If one is missing or truncated,
+    For every tile with progress, the chunks its latest done wave wrote and the one before
+    it (the next wave may still read it) must be present and whole. If one is missing or
+    truncated,
     that scale and all finer ones restart from their first wave: the output is deterministic,
     so the bytes are the same as if nothing had happened. Returns the restarted scales.
     """
@@ -252,16 +298,22 @@ def repair_state(job: Job, store, sample: int, reporter: Reporter) -> list[int]:
             restarted.append(s)
             continue
         n = len(app.program(job, s, job.cfg.seed + sample).transitions)
-        last = max((w for w in range(n + 1) if store.is_done(_mark(sample, s, w))), default=None)
-        if last is None:
-            continue
-        name = _buf(sample, s, last)
         sp = job.plan.scales[s]
+        marks = store.marked(f"x{sample}-s{s}-w")
         tile = sp.tile or max(sp.shape)
-        bad = [ti for ti, (y0, _, x0, _) in enumerate(sp.tiles)
-               if not store.chunk_ok(name, (y0 // tile, x0 // tile))]
+        bad: list[int] = []
+        for ti, (y0, _, x0, _) in enumerate(sp.tiles):
+            # Waves overlap, so each tile has its own progress: its latest chunk and the
+            # one before (which neighbours may still read) must both be whole.
+            last = max((w for w in range(n + 1) if _mark(sample, s, w) in marks
+                        or _mark(sample, s, w, ti) in marks), default=None)
+            if last is None:
+                continue
+            names = {_buf(sample, s, w) for w in (last, last - 1) if w >= 0}
+            if not all(store.chunk_ok(nm, (y0 // tile, x0 // tile)) for nm in names):
+                bad.append(ti)
         if bad:
-            reporter.event("state_damaged", sample=sample, scale=s, array=name, tiles=bad)
+            reporter.event("state_damaged", sample=sample, scale=s, tiles=bad)
             store.unmark(f"x{sample}-s{s}-")
             restarted.append(s)
     return restarted

@@ -50,11 +50,14 @@ def run_status(run_dir: Path) -> str:
             s, ntiles = sp["index"], len(sp["tiles"])
             n = steps.get(s, sp["num_steps"])
             waves = sum(1 for w in range(n + 1) if f"x{i}-s{s}-w{w}" in marks)
-            cur = sum(1 for m in marks if m.startswith(f"x{i}-s{s}-w{waves}-t"))
+            # Waves overlap (a tile waits only for its neighbours), so count every tile
+            # marker of the scale, not only those of the next wave.
+            tiles_here = sum(1 for m in marks if m.startswith(f"x{i}-s{s}-w") and "-t" in m)
+            ahead = tiles_here - waves * ntiles
             total_tiles += (n + 1) * ntiles
-            done_tiles += waves * ntiles + cur
+            done_tiles += max(tiles_here, waves * ntiles)
             state = "done" if waves == n + 1 else f"step {max(0, waves - 1)}/{n}, " \
-                f"{cur}/{ntiles} tiles of the next"
+                f"{max(0, ahead)} tile-steps of later steps done ({ntiles} tiles per step)"
             lines.append(f"  scale {s} ({sp['shape'][1]}x{sp['shape'][0]}): {state}")
     tiles = [e for e in events if e.get("event") == "tile_done"]
     last = events[-1] if events else {}

@@ -61,6 +61,11 @@ class MemoryStore:
         with self.lock:
             self.marks.add(key)
 
+    def marked(self, prefix: str) -> set[str]:
+        """Every marker whose name starts with ``prefix``."""
+        with self.lock:
+            return {m for m in self.marks if m.startswith(prefix)}
+
 
 def _disk_guard(exc: OSError, where: Path) -> None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -154,6 +159,11 @@ class ZarrStore:
             os.replace(tmp, path)
         except OSError as exc:
             _disk_guard(exc, self.root)
+
+    def marked(self, prefix: str) -> set[str]:
+        """Every marker whose name starts with ``prefix`` (one directory listing)."""
+        return {n for n in os.listdir(self.marks_dir) if n.startswith(prefix)
+                and not n.endswith(".tmp")}
 
     def chunk_ok(self, name: str, chunk_index: tuple[int, int]) -> bool:
         """Whether a tile's chunk file exists with the size of a full uncompressed chunk."""
