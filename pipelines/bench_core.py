@@ -191,6 +191,7 @@ def write_report(res: dict, out: Path) -> None:
               "(noise baseline) | NN patch RMS |", "|---|---|---|---|---|---|"]
     for r in res["quality"]:
         nd = r["near_dup"]
+        nd = {int(k): v for k, v in nd.items()}  # JSON turns the keys into strings
         nds = "/".join(f"{nd[k]:.2f}" for k in (100, 95, 90, 80, 70))
         lines.append(f"| {r['image']} | {r['samples']} | {nds} | {r['pixel_diversity']:.3f} | "
                      f"{r['patch_swd']:.4f} ({r['patch_swd_noise_baseline']:.4f}) | "
