@@ -108,3 +108,20 @@ def test_bfloat16_close_to_float32(photo, cls):
     a = cls(y)(x, 0.5, 0.5)
     b = cls(y, compute_dtype=torch.bfloat16)(x, 0.5, 0.5)
     assert (a - b).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("index,pca", [("flat", 0), ("ivf", 16)])
+def test_ann_on_patch_grid_matches_patch_matrix(photo, index, pca):
+    """Reading candidates by position from the level gives the matrix path's results."""
+    img = photo[:, :48, :48]
+    grid = P.PatchGrid(img, 7, 1)
+    y = P.extract(img, P.patch_starts(48, 7), P.patch_starts(48, 7), 7)
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randint(0, y.shape[0], (300,), generator=g)
+    x = 0.8 * y[idx] + 0.3 * torch.randn(300, y.shape[1], generator=g)
+    s = AnnSettings(k=6, index=index, pca_dim=pca, nprobe=64)
+    a, b = AnnDenoiser(y, s)(x, 0.8, 0.3), AnnDenoiser(grid, s)(x, 0.8, 0.3)
+    assert (a - b).abs().max() < 1e-5
+    ref = brute_force(x, y, 0.8, 0.3, topk=6)
+    assert (b.double() - ref).abs().max() < 1e-4 or index != "flat"
+    assert (AnnDenoiser(grid, s).mean - y.double().mean(0)).abs().max() < 1e-6

@@ -48,3 +48,17 @@ def test_fold_weights_shape_and_uniform():
     assert w.shape == (75,) and torch.all(w == 1)
     g = P.fold_weights(5, 0.2, 1)
     assert g.argmax() == 12  # centre of the 5x5 window
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_patch_grid_gathers_the_extracted_patches(photo, stride):
+    img = photo[:, :40, :53]
+    grid = P.PatchGrid(img, 7, stride)
+    ys, xs = P.patch_starts(40, 7, stride), P.patch_starts(53, 7, stride)
+    ref = P.extract(img, ys, xs, 7)
+    assert grid.n == ref.shape[0] and grid.dim == ref.shape[1]
+    idx = torch.randint(0, grid.n, (5, 9), generator=torch.Generator().manual_seed(stride))
+    got = grid.gather(idx)
+    assert got.shape == (5, 9, ref.shape[1])
+    assert torch.equal(got.reshape(45, -1), ref[idx.reshape(-1)])
+    assert torch.equal(grid.block(0, grid.n), ref)

