@@ -55,6 +55,7 @@ class EngineConfig:
     scheduler: str = "sync"
     workers: int = 1
     threads: Union[int, None] = None  # noqa: UP007
+    reference: str = "auto"
 
 
 @dataclass
@@ -362,6 +363,7 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("engine.scheduler must be sync, threads, processes or "
                           f"tcp://host:port; got {e.scheduler!r}")
     _check_range("engine.workers", e.workers, 1, 1024)
+    _check_choice("engine.reference", e.reference, ("auto", "memory", "disk"))
     if e.scheduler == "processes" and e.store == "memory":
         raise ConfigError("engine.scheduler: processes needs engine.store: zarr (worker "
                           "processes share the run directory, not this process's memory)")

@@ -54,9 +54,29 @@ def auto_num_scales(short_side: int, patch: int, min_short_side: int | None) -> 
     return s
 
 
+def resize_in_bands(src: torch.Tensor, out_shape: tuple[int, int],
+                    out: torch.Tensor | None = None, rows: int = 256) -> torch.Tensor:
+    """Resample ``src`` (``(C, H, W)``) to ``out_shape`` band by band of ``rows`` output rows.
+
+    Each band reads only its input window, so ``src`` and ``out`` may be memory-mapped
+    files larger than RAM; the result does not depend on where the data lives (the in-memory
+    and on-disk pyramids are computed band for band the same way, hence bit-identical).
+    """
+    h, w = out_shape
+    if out is None:
+        out = torch.empty((src.shape[0], h, w), dtype=src.dtype)
+    in_shape = (src.shape[1], src.shape[2])
+    for y0 in range(0, h, rows):
+        region = (y0, min(h, y0 + rows), 0, w)
+        a, b, c, d = resample.input_region(in_shape, out_shape, region)
+        out[:, region[0] : region[1]] = resample.resize_region(
+            src[:, a:b, c:d], (a, c), in_shape, out_shape, region).to(out.dtype)
+    return out
+
+
 def build_pyramid(image: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Gaussian pyramid: each level resampled from the previous one to the exact shape."""
     levels = [image]
     for shp in shapes[1:]:
-        levels.append(resample.resize(levels[-1], shp).to(image.dtype))
+        levels.append(resize_in_bands(levels[-1], shp))
     return levels

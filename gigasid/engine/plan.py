@@ -203,7 +203,10 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         else:
             per_step = ANN_SECONDS_PER_ELEMENT[dev] * s.n_queries * D
             work = 8192 * (cfg.denoiser.k + 2) * D * 4
-            dataset = s.n_patches * (D + cfg.denoiser.pca_dim + 2) * 4
+            # Candidates are read from the level itself (PatchGrid); the index holds the
+            # projected vectors and their ids.
+            dataset = (plan.channels * s.ref_shape[0] * s.ref_shape[1] * 4
+                       + s.n_patches * ((cfg.denoiser.pca_dim or D) * 4 + 8))
             setup += 3e-8 * s.n_patches * D
         # alpha = 0 at the first step returns the dataset mean: nearly free.
         s.est_seconds = per_step * overhead * max(steps - 1, 1)

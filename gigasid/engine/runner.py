@@ -80,11 +80,29 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     set_threads(cfg.engine.threads)
-    ref01 = load_image(cfg.input_path())
-    ref = (ref01 * 2.0 - 1.0).to(device)
-    plan = make_plan(cfg, tuple(ref.shape[-2:]), device, ref.shape[0])
+    from gigasid.engine import reference as refmod
+    from gigasid.io.images import file_fingerprint, image_shape
+
+    in_shape = image_shape(cfg.input_path())
+    fingerprint = file_fingerprint(cfg.input_path())
+    on_disk = cfg.engine.reference == "disk" or (
+        cfg.engine.reference == "auto" and in_shape[0] * in_shape[1] > refmod.STREAM_MIN_PIXELS)
+    if on_disk and run_dir is None:
+        raise ConfigError("engine.reference: disk (or an input above "
+                          f"{refmod.STREAM_MIN_PIXELS // 2**20} MP) needs a run directory: "
+                          "use `gigasid run`")
+    plan = make_plan(cfg, in_shape, device, 3)
     index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
-    levels = build_pyramid(ref, [s.ref_shape for s in plan.scales])
+    if on_disk:
+        # Decoded in bands and resampled band by band into memory-mapped files: a reference
+        # larger than RAM never sits in this process (or in any worker).
+        levels = refmod.build_levels_on_disk(
+            cfg.input_path(), [s.ref_shape for s in plan.scales], Path(run_dir) / "reference",
+            fingerprint)
+        ref = levels[0]
+    else:
+        ref = (load_image(cfg.input_path()) * 2.0 - 1.0).to(device)
+        levels = build_pyramid(ref, [s.ref_shape for s in plan.scales])
     compute = DTYPES[cfg.dtype]
     d = cfg.denoiser
     contexts = []
@@ -93,7 +111,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
             lvl = levels[sp.index]
             if sp.backend == "ann":
                 # Candidates are read by position from the level: no (N, D) patch matrix.
-                data = P.PatchGrid(lvl.cpu(), sp.patch, sp.dataset_stride)
+                data = P.PatchGrid(lvl.to(device), sp.patch, sp.dataset_stride)
             else:
                 ys = P.patch_starts(lvl.shape[1], sp.patch, sp.dataset_stride)
                 xs = P.patch_starts(lvl.shape[2], sp.patch, sp.dataset_stride)
@@ -117,9 +135,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
             query_stride=sp.query_stride, window=window, denoiser=den,
             schedule=make_schedule(cfg.schedule, sp.num_steps, cfg.sigma_min),
             low_shape=low, coarser_shape=coarser.shape if coarser else None, device=device))
-    from gigasid.io.images import file_fingerprint
-
-    job = Job(cfg, plan, ref, levels, contexts, input_sha256=file_fingerprint(cfg.input_path()))
+    job = Job(cfg, plan, ref, levels, contexts, input_sha256=fingerprint)
     get_app(cfg.app).prepare(job)  # validation only; the app object is rebuilt per run
     job.setup_seconds = time.perf_counter() - t0
     return job

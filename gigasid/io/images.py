@@ -136,3 +136,45 @@ def image_shape(path: str | Path) -> tuple[int, int]:
         raise InputError(f"{p}: not a readable image (unknown or corrupt format)") from None
     except OSError as exc:
         raise InputError(f"{p}: the image file is corrupt or truncated ({exc})") from None
+
+
+_VIPS_DTYPES = {"uchar": np.uint8, "ushort": np.uint16, "float": np.float32}
+
+
+def read_bands(path: str | Path, rows: int = 256):
+    """Decode an image top to bottom in bands, never holding the whole image.
+
+    Yields ``(y0, band)`` with ``band`` a float32 ``(3, h, W)`` tensor in ``[0, 1]``, with the
+    same conventions as :func:`load_image` (grey repeated, alpha dropped, 16-bit scaled).
+    libvips reads the file sequentially (JPEG, PNG, TIFF, WebP, ...), so memory stays at a
+    few bands whatever the image size. Raises :class:`InputError` for unreadable files.
+    """
+    import pyvips
+
+    p = Path(path)
+    image_shape(p)  # missing / unreadable header -> InputError with the usual message
+    try:
+        im = pyvips.Image.new_from_file(str(p), access="sequential", fail=True)
+        if im.format not in _VIPS_DTYPES:
+            im = im.cast("float")
+        dtype = _VIPS_DTYPES[im.format]
+        # One region fetched top to bottom: a sequential reader allows nothing else (a new
+        # crop per band would restart the decoder).
+        region = pyvips.Region.new(im)
+        for y0 in range(0, im.height, rows):
+            h = min(rows, im.height - y0)
+            buf = region.fetch(0, y0, im.width, h)
+            arr = np.frombuffer(buf, dtype=dtype).reshape(h, im.width, im.bands)
+            if arr.shape[2] in (1, 2):  # grey (+ alpha)
+                arr = np.repeat(arr[:, :, :1], 3, axis=2)
+            arr = arr[:, :, :3]
+            if arr.dtype == np.uint8:
+                band = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
+            elif arr.dtype == np.uint16:
+                band = torch.from_numpy(arr.astype(np.float32)) / 65535.0
+            else:
+                band = torch.from_numpy(arr.astype(np.float32)).clamp(0, 1)
+            yield y0, band.permute(2, 0, 1).contiguous()
+    except pyvips.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "decode error"
+        raise InputError(f"{p}: the image file is corrupt or truncated ({msg})") from None
