@@ -82,7 +82,7 @@ class JobConfig:
     fold_rho: Union[float, list] = 0.2  # noqa: UP007
     sigma_min: float = 1e-4
     schedule: str = "flow_linear"
-    dataset_stride: Union[int, list] = 1  # noqa: UP007
+    dataset_stride: Union[int, list, str] = "auto"  # noqa: UP007
     query_stride: Union[int, list, str] = "auto"  # noqa: UP007
     noise_level: float = 0.3
     device: str = "auto"
@@ -307,12 +307,11 @@ def validate(cfg: JobConfig) -> None:
         _check_range("num_steps", v, 1, 10_000)
     for k in ("dataset_stride", "query_stride"):
         for v in _per_scale_items(k, getattr(cfg, k)):
-            if k == "query_stride" and v == "auto":
+            if v == "auto":
                 continue
             if not isinstance(v, int) or isinstance(v, bool):
-                raise ConfigError(f"config key '{k}' entries must be integers"
-                                  + (" or 'auto'" if k == "query_stride" else "")
-                                  + f"; got {v!r}")
+                raise ConfigError(f"config key '{k}' entries must be integers or 'auto'"
+                                  f"; got {v!r}")
             _check_range(k, v, 1, cfg.patch_size)
     rhos = _per_scale_items("fold_rho", cfg.fold_rho)
     for i, v in enumerate(rhos):

@@ -17,6 +17,40 @@ def rss_anon_bytes(pid: int | str = "self") -> int:
     return 0
 
 
+def tree_rss_anon(proc) -> int:
+    """RssAnon summed over a ``psutil.Process`` and all its descendants (bytes)."""
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += rss_anon_bytes(p.pid)
+        except (OSError, psutil.Error):
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], interval: float = 0.2) -> dict:
+    """Run a command; wall seconds, CPU seconds of the whole tree, peak tree RssAnon."""
+    import resource
+
+    import psutil
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_anon(proc))
+        time.sleep(interval)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed with exit code {proc.returncode}")
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_anon_mb": peak / 2**20}
+
+
 class PeakRssAnon:
     """Samples this process's RssAnon every ``interval`` seconds; ``peak`` is the maximum."""
 

@@ -164,7 +164,8 @@ class AnnSettings:
     pca_dim:
         Search in the top ``pca_dim`` principal components of the patches (0 = full ``D``).
     train_size:
-        Patches sampled (seeded) to fit the PCA and train the index.
+        Patches sampled (seeded) to fit the PCA and train the index; raised to 8 per IVF
+        list on very large references so k-means stays meaningful.
     seed:
         Seed of that sample and of FAISS k-means.
     """
@@ -206,13 +207,19 @@ class AnnDenoiser:
             self._build(faiss, s)
             if index_path is not None:
                 self._save(index_path)
+                # Re-open it memory-mapped: the lists then live in the page cache, shared
+                # with the worker processes, instead of in this process's heap.
+                self._load(index_path)
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = s.nprobe
 
     def _build(self, faiss, s: AnnSettings) -> None:
         rng = np.random.default_rng(s.seed)
-        if self.n > s.train_size:
-            pick = np.sort(rng.choice(self.n, s.train_size, replace=False))
+        n_train = s.train_size
+        if s.index != "flat":
+            n_train = max(n_train, 8 * (s.nlist or int(4 * math.sqrt(self.n))))
+        if self.n > n_train:
+            pick = np.sort(rng.choice(self.n, n_train, replace=False))
             sample = self.src.gather(torch.from_numpy(pick).to(self.src.device))
         else:
             sample = self.src.block(0, self.n)

@@ -18,6 +18,10 @@ EXACT_MAX_PATCHES = {"cpu": 1000, "cuda": 250_000}
 #: ``query_stride: auto`` -> 2 on scales with more stride-1 query patches than this.
 STRIDE2_MIN_QUERIES = {"cpu": 8000, "cuda": 8_000_000}
 
+#: ``dataset_stride: auto`` -> the smallest stride keeping a level under this many reference
+#: patches (about 0.5 GB of index with the default PCA-32); 1 for any ordinary reference.
+DATASET_MAX_PATCHES = 4 * 2**20
+
 #: ``engine.store: auto`` -> zarr (resumable, out-of-core) above this many output pixels.
 ZARR_MIN_PIXELS = 4 * 2**20
 #: ``engine.tile_size: 0`` with a Zarr store -> tiles (= chunks) of this side.
@@ -156,7 +160,14 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
                         f"scale {s} of the {what} is {shp[1]}x{shp[0]} px, smaller than "
                         f"patch_size={P}; raise pyramid.min_short_side (now {mss}), lower "
                         f"pyramid.num_scales (now {S}) or lower patch_size")
-        n = _count(ref_shapes[s], P, dstr[s]) if denoised else 0
+        dstride = dstr[s]
+        if dstride == "auto":
+            # Every reference patch (the spec's stride 1) unless the level is so large that
+            # its index would not fit: then the smallest stride that keeps it under the cap.
+            dstride = 1
+            while dstride < P and _count(ref_shapes[s], P, dstride) > DATASET_MAX_PATCHES:
+                dstride += 1
+        n = _count(ref_shapes[s], P, dstride) if denoised else 0
         stride = qstr[s]
         if stride == "auto":
             stride = 2 if _count(out_shapes[s], P, 1) > STRIDE2_MIN_QUERIES[dev] else 1
@@ -166,7 +177,7 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
             backend = "exact" if n <= exact_max else "ann"
         scales.append(ScalePlan(
             index=s, ref_shape=ref_shapes[s], shape=out_shapes[s], num_steps=steps[s],
-            patch=P, dataset_stride=dstr[s], query_stride=stride, fold_rho=rhos[s],
+            patch=P, dataset_stride=dstride, query_stride=stride, fold_rho=rhos[s],
             backend=backend if denoised else "-", denoised=denoised, n_patches=n,
             n_queries=m, tile=tile, tiles=tile_grid(out_shapes[s], tile)))
     plan = JobPlan(app=cfg.app, channels=channels, ref_shape=tuple(ref_shape),
