@@ -23,3 +23,16 @@ def test_ordinary_reference_uses_every_patch():
     assert all(s.dataset_stride == 1 for s in plan.scales)
     pinned = load_config(None, ["input=builtin:hubble", "dataset_stride=3"])
     assert all(s.dataset_stride == 3 for s in make_plan(pinned, (512, 768)).scales)
+
+
+def test_small_scales_of_a_streamed_job_run_as_one_region():
+    base = ["input=builtin:hubble", "app=retarget", "output_size=[3000,3000]",
+            "engine.store=zarr"]
+    plan = make_plan(load_config(None, base), (512, 512))
+    assert plan.scales[0].tile == 512 and len(plan.scales[0].tiles) == 36
+    for s in plan.scales:  # one region exactly when the scale fits in 2 x 2 tiles
+        assert (s.tile == 0) == (s.shape[0] * s.shape[1] <= 1024 * 1024)
+        assert (len(s.tiles) == 1) == (s.tile == 0)
+    for extra in (["engine.tile_size=512"], ["engine.workers=2", "engine.scheduler=threads"]):
+        tiled = make_plan(load_config(None, [*base, *extra]), (512, 512))
+        assert all(s.tile == 512 for s in tiled.scales)

@@ -109,6 +109,17 @@ def tile_grid(shape: tuple[int, int], tile: int) -> list[tuple[int, int, int, in
             for y in range(0, h, tile) for x in range(0, w, tile)]
 
 
+def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int]) -> int:
+    """Tile side of one scale: with the automatic tile size and one worker, a scale that fits
+    in 2 x 2 tiles runs as one region (no halo recomputation; memory stays bounded by the
+    query chunks). With several workers every scale is tiled, so tiles can run in parallel;
+    an explicit ``engine.tile_size`` tiles every scale."""
+    if tile and cfg.engine.tile_size == 0 and cfg.engine.workers == 1:
+        if shape[0] * shape[1] <= (2 * tile) ** 2:
+            return 0
+    return tile
+
+
 def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
               channels: int = 3) -> JobPlan:
     """Resolve every ``auto`` and per-scale field into a :class:`JobPlan`.
@@ -179,7 +190,8 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
             index=s, ref_shape=ref_shapes[s], shape=out_shapes[s], num_steps=steps[s],
             patch=P, dataset_stride=dstride, query_stride=stride, fold_rho=rhos[s],
             backend=backend if denoised else "-", denoised=denoised, n_patches=n,
-            n_queries=m, tile=tile, tiles=tile_grid(out_shapes[s], tile)))
+            n_queries=m, tile=_scale_tile(cfg, tile, out_shapes[s]),
+            tiles=tile_grid(out_shapes[s], _scale_tile(cfg, tile, out_shapes[s]))))
     plan = JobPlan(app=cfg.app, channels=channels, ref_shape=tuple(ref_shape),
                    out_shape=out_shape, device=dev, dtype=cfg.dtype,
                    num_samples=cfg.num_samples, scales=scales, store=store)
