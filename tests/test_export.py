@@ -34,8 +34,10 @@ from gigasid.io.export import (
     export_preview,
     export_tiff,
     export_zarr,
+    image_band_rows,
     provenance_description,
     pyramid_levels_tiff,
+    write_image_zarr,
 )
 
 DZ_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
@@ -216,6 +218,107 @@ def test_bridge_is_removed_when_reading_fails(tmp_path: Path, picture) -> None:
         export_all(src, out, ExportOptions(), PROVENANCE)
     assert no_temp_left(out)
     assert not (out / "image.tif").exists() and not (out / "image.dzi").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the image array in the layout the bridge maps in place
+
+
+def bridge_pixels(bridge: VipsBridge, shape: tuple[int, ...]) -> np.ndarray:
+    return np.ndarray(buffer=bridge.image.write_to_memory(), dtype=np.uint8, shape=shape)
+
+
+def test_image_band_rows() -> None:
+    assert image_band_rows(16384, 16384, 512) == 512  # 32 MiB hold 682 rows: one tile row
+    assert image_band_rows(4096, 65536, 512) == 128  # too wide for a tile row: a divisor of it
+    assert image_band_rows(5000, 1024, 512, band_bytes=1024 * 3 * 1500) == 1024  # 2 tile rows
+    assert image_band_rows(100, 1000, 512) == 100  # never more than the image
+    assert image_band_rows(10, 10**8, 512) == 1  # at least one row
+
+
+def write_bands(picture: np.ndarray, path: Path, tile: int, rows: int, reads=None) -> zarr.Array:
+    height, width = picture.shape[:2]
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if reads is not None:
+            reads.append((y0, y1, x0, x1))
+        return picture[y0:y1, x0:x1]
+
+    write_image_zarr(path, height, width, read, tile=tile, band_bytes=rows * width * 3)
+    return zarr.open_array(str(path), mode="r")
+
+
+def test_write_image_zarr_is_plain_zarr_in_raw_bands(tmp_path: Path, picture) -> None:
+    reads: list[tuple[int, int, int, int]] = []
+    z = write_bands(picture, tmp_path / "image.zarr", tile=128, rows=300, reads=reads)
+    assert z.chunks == (256, 1203, 3)  # the largest multiple of the tile within the budget
+    assert [type(c).__name__ for c in z.metadata.codecs] == ["BytesCodec"]  # no compression
+    np.testing.assert_array_equal(z[:], picture)
+    # each region read lies in one tile of the source's grid; every pixel is read once
+    for y0, y1, x0, x1 in reads:
+        assert y0 // 128 == (y1 - 1) // 128 and x0 // 128 == (x1 - 1) // 128
+    assert sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in reads) == 777 * 1203
+    # bands thinner than a tile row: still one tile per read, still exact
+    reads.clear()
+    z = write_bands(picture, tmp_path / "thin.zarr", tile=128, rows=50, reads=reads)
+    assert z.chunks == (32, 1203, 3)
+    np.testing.assert_array_equal(z[:], picture)
+    assert all(y0 // 128 == (y1 - 1) // 128 for y0, y1, _, _ in reads)
+
+
+def test_band_array_is_mapped_in_place(tmp_path: Path, picture) -> None:
+    z = write_bands(picture, tmp_path / "image.zarr", tile=128, rows=300)
+    work = tmp_path / "work"
+    with VipsBridge(z, work) as bridge:
+        assert bridge.zero_copy
+        assert not work.exists() or not list(work.iterdir())  # no temporary copy
+        got = bridge_pixels(bridge, picture.shape)
+    np.testing.assert_array_equal(got, picture)  # the padded last band is cropped away
+    out = tmp_path / "out"
+    export_all(z, out, ExportOptions(tiff_compression="deflate", dzi_tile_format="png"))
+    np.testing.assert_array_equal(tifffile.imread(out / "image.tif"), picture)
+    assert no_temp_left(tmp_path)
+
+
+def test_band_array_with_too_many_bands_is_copied(tmp_path: Path, picture, monkeypatch) -> None:
+    from gigasid.io import export as ex
+
+    z = write_bands(picture, tmp_path / "image.zarr", tile=128, rows=100)  # 13 bands of 64
+    monkeypatch.setattr(ex, "_MAX_MAPPED_BANDS", 4)
+    work = tmp_path / "work"
+    with VipsBridge(z, work) as bridge:
+        assert not bridge.zero_copy
+        assert len(list(work.rglob("pixels.raw"))) == 1
+        got = bridge_pixels(bridge, picture.shape)
+    np.testing.assert_array_equal(got, picture)
+    assert no_temp_left(tmp_path)
+
+
+def test_other_arrays_are_decoded_and_copied(tmp_path: Path, zarr_picture, picture) -> None:
+    # a band array with a missing chunk file (e.g. written with write_empty_chunks=False)
+    z = write_bands(picture, tmp_path / "image.zarr", tile=128, rows=300)
+    (tmp_path / "image.zarr" / "c" / "1" / "0" / "0").unlink()
+    expected = z[:]
+    assert not expected[256:512].any() and expected[:256].any()
+    for src, want in ((z, expected), (zarr_picture, picture)):  # and the tiles of older runs
+        with VipsBridge(src, tmp_path / "work") as bridge:
+            assert not bridge.zero_copy
+            got = bridge_pixels(bridge, picture.shape)
+        np.testing.assert_array_equal(got, want)
+    assert no_temp_left(tmp_path)
+
+
+def test_export_zarr_onto_its_own_source_keeps_it(tmp_path: Path, picture) -> None:
+    # `gigasid export RUN --format zarr` writes into the run's out/, where the image lives
+    z = write_bands(picture, tmp_path / "image.zarr", tile=128, rows=300)
+    written = export_all(
+        z, tmp_path, ExportOptions(tiff_compression="deflate"), formats=["zarr", "tiff"]
+    )
+    assert written["zarr"] == tmp_path / "image.zarr"
+    again = zarr.open_array(str(tmp_path / "image.zarr"), mode="r")
+    assert [type(c).__name__ for c in again.metadata.codecs] == ["BytesCodec"]
+    np.testing.assert_array_equal(again[:], picture)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "image.tif"), picture)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -413,15 +413,12 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dic
         dest = dest / f"sample_{sample:03d}"
     written: dict = {}
     if store.persistent:
-        import zarr
-
-        tile = job.plan.scales[0].tile or 512
-        arr = zarr.create_array(str(dest / "image.zarr"), shape=(h, w, 3),
-                                chunks=(tile, tile, 3), dtype="uint8", overwrite=True,
-                                config={"write_empty_chunks": True})
-        for (y0, y1, x0, x1) in job.plan.scales[0].tiles:
-            arr[y0:y1, x0:x1] = to_uint8((store.read(name, (y0, y1, x0, x1)) + 1.0) / 2.0)
-        image = arr
+        # uncompressed full-width bands: the exports map these chunk files in place (no
+        # decoding, no temporary copy); see export.create_image_zarr
+        image = export.write_image_zarr(
+            dest / "image.zarr", h, w,
+            lambda y0, y1, x0, x1: to_uint8((store.read(name, (y0, y1, x0, x1)) + 1.0) / 2.0),
+            tile=job.plan.scales[0].tile or 512)
         written["zarr"] = str(dest / "image.zarr")
     else:
         image = to_uint8((store.whole(name) + 1.0) / 2.0)

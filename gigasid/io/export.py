@@ -16,33 +16,43 @@ Outputs
 
 The bridge
 ----------
-Two ways of handing a Zarr array to libvips were measured (``pipelines/bench_export.py``, report
-in ``pipelines/results/bench_export.md``):
+libvips needs a random-access source; a Zarr array of compressed chunks is not one. How the
+pixels reach libvips (:class:`VipsBridge`, measured in ``pipelines/bench_export.py``, report in
+``pipelines/results/bench_export.md``):
 
-``"raw"`` (default)
-    The pixels are copied into an uncompressed raw file in a temporary directory next to the
-    output (full-width chunk-rows with one ``pwrite`` each, narrower blocks through a
-    ``np.memmap``), which libvips opens with ``rawload``: a memory-mapped, random-access source
-    that its worker threads read concurrently, in place, with no decoding at all. A C-contiguous
-    numpy input (or ``np.memmap``) needs no copy: libvips reads it where it is.
+mapped in place (no copy)
+    The finished image of a run, ``out/image.zarr``, is written by :func:`write_image_zarr` as
+    uncompressed full-width bands of rows (:func:`create_image_zarr`), so each chunk file *is*
+    the raw RGB bytes of its band. The bridge opens every band file with libvips' ``rawload``
+    (a memory map), stacks them with ``arrayjoin`` and libvips reads the pixels where they
+    are: no decoding, no temporary file, no anonymous memory. A C-contiguous numpy input (or
+    ``np.memmap``) is likewise read in place. This is what makes the exports of a finished run
+    run at libvips' own speed (268 MP on 2 cores: pyramidal JPEG BigTIFF and DeepZoom end to
+    end at the speed of their libvips save alone).
+``"raw"`` (default) copy
+    Any other array-like (Zarr arrays with compressed chunks, e.g. runs written before the band
+    layout, or more bands than :data:`_MAX_MAPPED_BANDS` file descriptors allow) is copied into
+    an uncompressed raw file in a temporary directory next to the output (full-width
+    chunk-rows with one ``pwrite`` each, narrower blocks through a ``np.memmap``; raw band
+    files with ``copy_file_range``), which libvips opens with ``rawload``. Decoding Zarr
+    chunks dominates this copy.
 ``"tiff"``
     The pixels are streamed with tifffile into a plain, uncompressed tiled TIFF (a tile
     generator, ``metadata=None``), which libvips then reads through libtiff.
 
-Both hold one block of source pixels (at most 32 MB) at a time in anonymous memory and need
-``H * W * 3`` bytes of temporary disk. Building either costs about the same (it is bound by
-decoding the Zarr chunks). The raw bridge is the default because libvips reads it faster and
-with less memory: on 2 cores, at 268 MP, over three benchmark runs, DeepZoom ran 1.2-1.4x and
-the preview 1.6-3x faster from it, the pyramidal TIFF as fast (within run-to-run noise), and
-peak RssAnon was 35-60 MB lower (libtiff decodes one tile at a time under a lock through a tile
-cache, whereas mmap'd raw pixels are shared page cache read in place). The ``"tiff"`` bridge
-stays selectable, as a fallback and for the benchmark.
+The copies hold one block of source pixels (at most 32 MB) at a time in anonymous memory and
+need ``H * W * 3`` bytes of temporary disk. The raw copy is the default because libvips reads
+it faster and with less memory than the TIFF one: on 2 cores, at 268 MP, DeepZoom ran 1.2-1.4x
+and the preview 1.6-3x faster from it, the pyramidal TIFF as fast, and peak RssAnon was 35-60 MB
+lower (libtiff decodes one tile at a time under a lock through a tile cache, whereas mmap'd raw
+pixels are shared page cache read in place). The ``"tiff"`` bridge stays selectable, as a
+fallback and for the benchmark.
 
 Memory: besides the bridge's block, libvips' pyramid builders hold a few strips of tile height
 across the whole image width per level, so peak memory grows with the image *width*, not its
-area. Measured peak RssAnon of :func:`export_all` (``pipelines/results/bench_export.md``):
-88 MB for 16384 x 16384 and 209 MB for 4096 x 65536 in a process that called
-:func:`limit_heap_fragmentation`; 162 MB and 356 MB without it (glibc heap fragmentation).
+area. Measured peak RssAnon of :func:`export_all`: see ``pipelines/results/bench_export.md``
+(about 90 MB for 16384 x 16384 and 210 MB for 4096 x 65536 in a process that called
+:func:`limit_heap_fragmentation`).
 """
 
 from __future__ import annotations
@@ -67,12 +77,14 @@ from gigasid.errors import GigasidError
 __all__ = [
     "ALL_FORMATS",
     "DEFAULT_FORMATS",
+    "IMAGE_BAND_BYTES",
     "JPEG_MAX_SIDE",
     "PNG_MAX_PIXELS",
     "PNG_MAX_SIDE",
     "ExportError",
     "ExportOptions",
     "VipsBridge",
+    "create_image_zarr",
     "export_all",
     "export_dzi",
     "export_jpeg",
@@ -80,10 +92,12 @@ __all__ = [
     "export_preview",
     "export_tiff",
     "export_zarr",
+    "image_band_rows",
     "dzi_level_count",
     "limit_heap_fragmentation",
     "provenance_description",
     "pyramid_levels_tiff",
+    "write_image_zarr",
 ]
 
 log = logging.getLogger(__name__)
@@ -352,16 +366,51 @@ def limit_heap_fragmentation(threshold: int = 256 * 1024) -> bool:
     bool
         Whether the setting was applied (False on non-glibc systems or when overridden).
     """
+    global _HEAP_THRESHOLD
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return False
+    applied = _set_mmap_threshold(int(threshold))
+    if applied:
+        _HEAP_THRESHOLD = int(threshold)
+    return applied
+
+
+#: The mmap threshold :func:`limit_heap_fragmentation` set in this process (None: glibc default).
+_HEAP_THRESHOLD: int | None = None
+#: mmap threshold while the bridge is filled from a source that decodes chunks (e.g. zstd Zarr
+#: chunks of 0.8 MB): glibc's largest allowed value on 64-bit systems.
+_COPY_MMAP_THRESHOLD = 32 * 1024 * 1024
+
+
+def _set_mmap_threshold(nbytes: int) -> bool:
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         m_mmap_threshold = -3  # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, int(threshold)))
+        return bool(libc.mallopt(m_mmap_threshold, int(nbytes)))
     except (OSError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def _decoding_heap() -> Iterator[None]:
+    """Lift :func:`limit_heap_fragmentation`'s threshold while chunks are decoded, then trim.
+
+    With a 256 KiB threshold every decoded chunk buffer (and every decompression buffer) is a
+    fresh ``mmap`` whose pages the kernel faults in and zeroes, then unmaps: copying a
+    zstd-compressed 268 MP Zarr array took 3.9-6.2 s instead of 2.1-3.0 s (2 cores,
+    ``pipelines/bench_export.py``). The buffers are short-lived and all freed before libvips
+    starts, so they come from the heap for the copy and are handed back to the OS afterwards
+    (``malloc_trim``); the fixed threshold then applies again to libvips' buffers.
+    """
+    lifted = _HEAP_THRESHOLD is not None and _set_mmap_threshold(_COPY_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if lifted and _HEAP_THRESHOLD is not None:
+            _set_mmap_threshold(_HEAP_THRESHOLD)
+        _release_free_memory()
 
 
 def _pwrite_all(fd: int, block: np.ndarray, offset: int) -> None:
@@ -384,15 +433,228 @@ def _check_disk(directory: Path, nbytes: int, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# the finished-image array in the layout libvips can map in place
+
+
+#: Bytes of one chunk of the image arrays written by :func:`write_image_zarr`: a band of whole
+#: rows (the full width), uncompressed.
+IMAGE_BAND_BYTES = 32 * 1024 * 1024
+#: Most band files one bridge maps at once (each holds a file descriptor while it is open); an
+#: image with more bands is copied into one raw file instead (in the kernel, still no decoding).
+_MAX_MAPPED_BANDS = 512
+
+
+def image_band_rows(
+    height: int, width: int, tile: int = 512, band_bytes: int = IMAGE_BAND_BYTES
+) -> int:
+    """Rows of one chunk of an image array written by :func:`write_image_zarr`.
+
+    The largest multiple of ``tile`` whose full-width band fits in ``band_bytes`` or, for
+    images too wide for one tile row in that budget, the largest divisor of ``tile`` that
+    fits (so that no tile of the engine's grid straddles more bands than it must); at least
+    one row, at most ``height``.
+    """
+    tile = max(1, int(tile))
+    fit = max(1, int(band_bytes) // max(1, int(width) * 3))
+    if fit >= tile:
+        rows = fit // tile * tile
+    else:
+        rows = max(d for d in range(1, fit + 1) if tile % d == 0)
+    return max(1, min(int(height), rows))
+
+
+def create_image_zarr(
+    path: str | os.PathLike[str],
+    height: int,
+    width: int,
+    *,
+    tile: int = 512,
+    band_bytes: int = IMAGE_BAND_BYTES,
+    overwrite: bool = True,
+) -> Any:
+    """Create an empty ``(height, width, 3)`` uint8 Zarr v3 array in the export-friendly layout.
+
+    Chunks are full-width bands of :func:`image_band_rows` rows with no compression (only the
+    ``bytes`` codec), so that every chunk file is exactly the raw RGB rows of its band: the
+    exports memory-map those files in place (:class:`VipsBridge`) instead of decoding and
+    copying the image, and the array stays a plain Zarr v3 array for any reader
+    (``zarr.open_array``). Costs ``3 * height * width`` bytes of disk (no compression), which
+    is what the export's temporary copy would otherwise take.
+    """
+    import zarr
+
+    rows = image_band_rows(height, width, tile, band_bytes)
+    return zarr.create_array(
+        store=str(path),
+        shape=(int(height), int(width), 3),
+        chunks=(rows, int(width), 3),
+        dtype="uint8",
+        fill_value=0,
+        compressors=None,
+        filters=None,
+        dimension_names=("y", "x", "c"),
+        config={"write_empty_chunks": True},
+        overwrite=overwrite,
+        zarr_format=3,
+    )
+
+
+def write_image_zarr(
+    path: str | os.PathLike[str],
+    height: int,
+    width: int,
+    read: Callable[[int, int, int, int], np.ndarray],
+    *,
+    tile: int = 512,
+    band_bytes: int = IMAGE_BAND_BYTES,
+) -> Any:
+    """Write a finished image, band by band, as an array of :func:`create_image_zarr`.
+
+    Parameters
+    ----------
+    path
+        Directory of the array (replaced if it exists).
+    height, width
+        Image size.
+    read
+        ``read(y0, y1, x0, x1)`` returns the ``(y1 - y0, x1 - x0, 3)`` uint8 pixels of a
+        region; it is called for regions that never cross the ``tile`` grid, so a source
+        chunked by ``tile`` decodes at most one chunk per call.
+    tile
+        Tile (chunk) side of the source.
+    band_bytes
+        Bytes of one band (:data:`IMAGE_BAND_BYTES`): the memory this function holds, besides
+        one region from ``read``.
+
+    Returns
+    -------
+    zarr.Array
+        The written array.
+    """
+    arr = create_image_zarr(path, height, width, tile=tile, band_bytes=band_bytes)
+    rows = int(arr.chunks[0])
+    tile = max(1, int(tile))
+    band = np.empty((rows, int(width), 3), dtype=np.uint8)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        ty = y0
+        while ty < y1:  # tile rows of the band (a band may also be a slice of one tile row)
+            ty1 = min(y1, (ty // tile + 1) * tile)
+            for x0 in range(0, width, tile):
+                x1 = min(width, x0 + tile)
+                band[ty - y0 : ty1 - y0, x0:x1] = read(ty, ty1, x0, x1)
+            ty = ty1
+        arr[y0:y1] = band[: y1 - y0]
+    return arr
+
+
+def _band_files(image: Any) -> tuple[list[str], int] | None:
+    """The chunk files of a Zarr v3 array stored as raw full-width bands, else ``None``.
+
+    Matches the arrays of :func:`create_image_zarr` (and any equivalent one): Zarr v3 on a
+    local directory, the ``bytes`` codec alone (no compression, no sharding, no transpose),
+    chunks spanning the whole width and the 3 channels, every chunk file present with exactly
+    the size of a full chunk. Anything else (compressed chunks of older runs, other stores)
+    returns ``None`` and is copied by decoding it.
+    """
+    if not type(image).__module__.startswith("zarr"):
+        return None
+    try:
+        from zarr.codecs import BytesCodec
+
+        meta = image.metadata
+        if getattr(meta, "zarr_format", None) != 3 or getattr(meta, "storage_transformers", ()):
+            return None
+        codecs = tuple(meta.codecs)
+        if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+            return None
+        root = _zarr_directory(image)
+        if root is None:
+            return None
+        height, width = int(image.shape[0]), int(image.shape[1])
+        rows, cw, cc = (int(c) for c in image.chunks)
+        if cw != width or cc != 3 or rows < 1 or np.dtype(image.dtype) != np.uint8:
+            return None
+        size = rows * width * 3
+        files = []
+        for i in range(-(-height // rows)):
+            f = root / meta.encode_chunk_key((i, 0, 0))
+            if f.stat().st_size != size:
+                return None
+            files.append(str(f))
+    except (ImportError, AttributeError, TypeError, ValueError, OSError):
+        return None
+    return files, rows
+
+
+def _zarr_directory(image: Any) -> Path | None:
+    """The directory of a Zarr array stored on the local file system, else ``None``."""
+    if not type(image).__module__.startswith("zarr"):
+        return None
+    try:
+        from zarr.storage import LocalStore
+
+        store = image.store
+        if not isinstance(store, LocalStore):
+            return None
+        root = Path(store.root).resolve()
+        return root / str(image.path) if image.path else root
+    except (ImportError, AttributeError, TypeError, OSError):
+        return None
+
+
+def _max_mapped_bands() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            return max(1, min(_MAX_MAPPED_BANDS, int(soft) // 4))
+    except (ImportError, OSError, ValueError):  # pragma: no cover - non-POSIX
+        pass
+    return _MAX_MAPPED_BANDS
+
+
+def _copy_file_range_all(src: str, dst_fd: int, count: int, dst_offset: int) -> None:
+    """Copy the first ``count`` bytes of ``src`` to ``dst_fd`` at ``dst_offset`` (in-kernel)."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        done = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < count:
+                    n = os.copy_file_range(fd, dst_fd, count - done, done, dst_offset + done)
+                    if n <= 0:
+                        break
+                    done += n
+            except OSError:  # not supported across these file systems: plain reads below
+                pass
+        piece = 8 * 1024 * 1024
+        while done < count:
+            data = os.pread(fd, min(piece, count - done), done)
+            if not data:
+                raise ExportError(f"{src} is shorter than its Zarr chunk; the array is damaged")
+            view = memoryview(data)
+            while len(view):
+                n = os.pwrite(dst_fd, view, dst_offset + done)
+                view, done = view[n:], done + n
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
 # the bridge
 
 
 class VipsBridge:
-    """A libvips image backed by a temporary uncompressed copy of an array-like.
+    """A libvips image of an array-like: mapped in place when its layout allows, else copied.
 
-    Use it as a context manager: the temporary directory (created next to the output, so the
-    copy lands on the output's filesystem and not in a possibly small ``/tmp``) is removed on
-    exit, also when an export fails. Build it once and pass it to several exports.
+    Arrays written by :func:`write_image_zarr` (raw full-width bands) and C-contiguous numpy
+    arrays are read where they are (``zero_copy``); anything else is copied, uncompressed, into
+    a temporary file. Use it as a context manager: the temporary directory (created next to
+    the output, so the copy lands on the output's filesystem and not in a possibly small
+    ``/tmp``) is removed on exit, also when an export fails. Build it once and pass it to
+    several exports.
 
     Parameters
     ----------
@@ -422,7 +684,8 @@ class VipsBridge:
         self._workdir = Path(workdir)
         self._tmpdir: Path | None = None
         self._image: Any = None
-        #: True when libvips reads the source array in place (C-contiguous numpy input).
+        #: True when libvips reads the source in place (C-contiguous numpy input, or a Zarr
+        #: array of raw full-width bands): no temporary copy.
         self.zero_copy = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -435,7 +698,7 @@ class VipsBridge:
         self.close()
 
     def open(self) -> VipsBridge:
-        """Copy the pixels into the bridge file and open it with libvips."""
+        """Open the source with libvips: in place if possible, else through a copy."""
         if self._image is not None:
             return self
         src = self._source
@@ -448,13 +711,20 @@ class VipsBridge:
             self._image = image.copy(interpretation="srgb")
             self.zero_copy = True
             return self
+        bands = _band_files(src) if self.method == "raw" else None
+        if bands is not None and len(bands[0]) <= _max_mapped_bands():
+            # An image array in the layout of create_image_zarr: its chunk files are the raw
+            # rows of full-width bands, which libvips maps in place, stacked; no copy at all.
+            self._image = self._open_bands(*bands)
+            self.zero_copy = True
+            return self
         self._workdir.mkdir(parents=True, exist_ok=True)
         nbytes = self.height * self.width * 3
         _check_disk(self._workdir, nbytes + (1 << 20), "the temporary export copy")
         self._tmpdir = Path(tempfile.mkdtemp(prefix=".gigasid-export-", dir=self._workdir))
         try:
             if self.method == "raw":
-                self._image = self._open_raw()
+                self._image = self._open_raw(bands)
             else:
                 self._image = self._open_tiff()
         except BaseException:
@@ -478,41 +748,64 @@ class VipsBridge:
 
     # -- the two bridges -------------------------------------------------------------------------
 
-    def _open_raw(self) -> Any:
+    def _open_bands(self, files: list[str], rows: int) -> Any:
+        pyvips = _vips()
+        # every band file holds `rows` full rows (Zarr pads the last chunk); arrayjoin stacks
+        # them and the crop drops the padding below the image
+        parts = [pyvips.Image.rawload(f, self.width, rows, 3) for f in files]
+        image = parts[0] if len(parts) == 1 else pyvips.Image.arrayjoin(parts, across=1)
+        if image.height != self.height:
+            image = image.crop(0, 0, self.width, self.height)
+        return image.copy(interpretation="srgb")
+
+    def _open_raw(self, bands: tuple[list[str], int] | None = None) -> Any:
         pyvips = _vips()
         src = self._source
         assert self._tmpdir is not None
         path = self._tmpdir / "pixels.raw"
+        if bands is not None:  # raw band files, too many to map at once: copied in the kernel
+            files, rows = bands
+            row_bytes = self.width * 3
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, self.height * row_bytes)
+                for i, f in enumerate(files):
+                    n = min(rows, self.height - i * rows)
+                    _copy_file_range_all(f, fd, n * row_bytes, i * rows * row_bytes)
+            finally:
+                os.close(fd)
+            image = pyvips.Image.rawload(str(path), self.width, self.height, 3)
+            return image.copy(interpretation="srgb")
         rows, cols = _block_shape(src, self.height, self.width, self._budget)
         row_bytes = self.width * 3
         # Full-width blocks are contiguous in the file: one pwrite each (5x faster than faulting
         # the pages in through a memmap). Narrower blocks (very wide images) go through a memmap.
         # Either way the pixels land in the page cache (file-backed, reclaimable), so the copy
         # holds one block of anonymous memory (plus the reader's decoding buffers). Reading the
-        # next block in a helper thread while writing this one was tried: no measurable gain
-        # (Zarr decoding dominates), one more block of memory.
+        # next block in a helper thread while writing this one was tried twice: no measurable
+        # gain (Zarr decoding dominates and already uses both cores), one more block of memory.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         mm: np.memmap | None = None
         try:
             os.ftruncate(fd, self.height * row_bytes)
             blocks = _iter_blocks(self.height, self.width, rows, cols)
-            for ys, xs in blocks:
-                block = _read_block(src, ys, xs)
-                if xs.start == 0 and xs.stop == self.width:
-                    _pwrite_all(fd, block, ys.start * row_bytes)
-                else:
-                    if mm is None:
-                        mm = np.memmap(
-                            path, dtype=np.uint8, mode="r+", shape=(self.height, self.width, 3)
-                        )
-                    mm[ys, xs] = block
-                del block
+            with _decoding_heap():
+                for ys, xs in blocks:
+                    block = _read_block(src, ys, xs)
+                    if xs.start == 0 and xs.stop == self.width:
+                        _pwrite_all(fd, block, ys.start * row_bytes)
+                    else:
+                        if mm is None:
+                            mm = np.memmap(
+                                path, dtype=np.uint8, mode="r+", shape=(self.height, self.width, 3)
+                            )
+                        mm[ys, xs] = block
+                    del block
             if mm is not None:
                 mm.flush()
         finally:
             del mm
             os.close(fd)
-        _release_free_memory()
         image = pyvips.Image.rawload(str(path), self.width, self.height, 3)
         return image.copy(interpretation="srgb")
 
@@ -539,17 +832,17 @@ class VipsBridge:
                     for x in range(0, block.shape[1], tile):
                         yield block[:, x : x + tile]
 
-        tifffile.imwrite(
-            path,
-            tiles(),
-            shape=(self.height, self.width, 3),
-            dtype=np.uint8,
-            tile=(tile, tile),
-            photometric="rgb",
-            metadata=None,
-            bigtiff=True,
-        )
-        _release_free_memory()
+        with _decoding_heap():
+            tifffile.imwrite(
+                path,
+                tiles(),
+                shape=(self.height, self.width, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                metadata=None,
+                bigtiff=True,
+            )
         return pyvips.Image.new_from_file(str(path))
 
 
@@ -957,6 +1250,11 @@ def export_zarr(
     import zarr
 
     height, width = _image_shape(image)
+    out = Path(path)
+    if _zarr_directory(image) == out.resolve():
+        # the image already is this array (``gigasid export RUN --format zarr`` into the run's
+        # own out/ folder): replacing it by a copy of itself would pull it from under the reader
+        return out
     if chunks is None:
         src = getattr(image, "chunks", None)
         if isinstance(src, tuple) and len(src) == 3 and isinstance(src[0], (int, np.integer)):
@@ -964,7 +1262,6 @@ def export_zarr(
         else:
             chunks = (512, 512)
     ch, cw = min(int(chunks[0]), height), min(int(chunks[1]), width)
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_disk(out.parent, 0, "the Zarr copy")
     staging = Path(tempfile.mkdtemp(prefix=".gigasid-zarr-", dir=out.parent)) / out.name
