@@ -62,7 +62,7 @@ def test_multiscale_job_tile_size_invariant(tmp_path, small_photo, backend):
     base = [f"input={img}", "patch_size=7", "num_steps=4", "eta=0.5",
             "pyramid.min_short_side=14", f"denoiser.backend={backend}", "denoiser.pca_dim=16"]
     outs = []
-    for tile in (0, 32, 24):
+    for tile in (0, 32, 48, 24):
         job = prepare(load_config(None, base + [f"engine.tile_size={tile}"]))
         outs.append(sample_once(job, 5, Reporter()))
     assert len(job.plan.scales) >= 3
