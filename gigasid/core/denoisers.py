@@ -120,8 +120,9 @@ class ExactDenoiser:
             # re-scored exactly, relative to the best one, from direct differences.
             top = logits.topk(k, dim=1).indices  # (m, k), best first
             rel = logits - logits.gather(1, top[:, :1])
-            diff = torch.sub(x[s : s + self.chunk, None, :].to(torch.float32),
-                             self.y32[top], alpha=alpha)
+            cand = torch.index_select(self.y32, 0, top.reshape(-1)).view(*top.shape, -1)
+            diff = torch.sub(x[s : s + self.chunk, None, :].to(torch.float32), cand,
+                             alpha=alpha)
             d2 = torch.linalg.vecdot(diff, diff)
             rel.scatter_(1, top, (d2 - d2[:, :1]).mul_(-0.5 * inv))
             w = torch.softmax(rel, dim=1)
