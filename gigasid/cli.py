@@ -76,21 +76,22 @@ def run(
     import yaml
 
     from gigasid.config import dump_yaml, load_config
+    from gigasid.engine.job import inputs_fingerprint, job_files
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
-    from gigasid.io.images import file_fingerprint
+    from gigasid.io.images import image_shape
 
     cfg = load_config(config, overrides or [])
     out = out or Path("runs") / cfg.name
-    inp = cfg.input_path()
-    if not inp.is_file():
-        from gigasid.io.images import load_image
-
-        load_image(inp)  # raises the InputError with the full message
-    fingerprint = _fingerprint(cfg, file_fingerprint(inp))
+    files = job_files(cfg)
+    for f in files:
+        image_shape(f)  # a missing or unreadable file -> InputError with the full message
+    inp = files[0]
+    input_sha = inputs_fingerprint(files)
+    fingerprint = _fingerprint(cfg, input_sha)
     _run_dir_guard(out, fingerprint, fresh)
-    _disk_guard(cfg, inp, out)
+    _disk_guard(cfg, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -99,7 +100,8 @@ def run(
     if fresh:
         _clear_run(out)
     job_doc = {"gigasid": __version__, "fingerprint": fingerprint,
-               "input": str(inp), "input_sha256": file_fingerprint(inp),
+               "input": str(inp), "inputs": [str(f) for f in files],
+               "input_sha256": input_sha,
                "config": yaml.safe_load(dump_yaml(cfg))}
     (out / "job.yaml").write_text(yaml.safe_dump(job_doc, sort_keys=False))
     log = JsonlLog(out / "log.jsonl")
@@ -127,7 +129,7 @@ def run(
         typer.echo(f"wrote {len(summary['samples'])} image(s) to {out}")
 
 
-def _disk_guard(cfg, inp: Path, out: Path) -> None:
+def _disk_guard(cfg, out: Path) -> None:
     """Refuse to start a streamed job whose estimated footprint exceeds the free space."""
     import os
     import shutil
@@ -139,7 +141,8 @@ def _disk_guard(cfg, inp: Path, out: Path) -> None:
 
     if (out / "data.zarr").exists() or os.environ.get("GIGASID_SKIP_DISK_CHECK"):
         return  # a resumed run was checked when it started
-    plan = make_plan(cfg, image_shape(inp), resolve_device(cfg.device))
+    plan = make_plan(cfg, [image_shape(p) for p in cfg.input_paths()],
+                     resolve_device(cfg.device))
     if plan.store != "zarr":
         return
     probe = out
@@ -184,9 +187,10 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     from gigasid.io.images import image_shape
 
     cfg = load_config(config, overrides or [])
-    shape = image_shape(cfg.input_path())
+    shapes = [image_shape(f) for f in cfg.input_paths()]
+    shape = shapes[0]
     device = resolve_device(cfg.device)
-    p = make_plan(cfg, shape, device)
+    p = make_plan(cfg, shapes, device)
     t = Table(title=f"{cfg.app}: {shape[1]}x{shape[0]} -> {p.out_shape[1]}x{p.out_shape[0]} px "
                     f"on {device} ({cfg.dtype})")
     for col in ("scale", "reference", "output", "patches N", "queries M", "backend", "steps",
@@ -195,7 +199,7 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     for s in p.scales:
         t.add_row(str(s.index), f"{s.ref_shape[1]}x{s.ref_shape[0]}",
                   f"{s.shape[1]}x{s.shape[0]}", f"{s.n_patches:,}", f"{s.n_queries:,}",
-                  s.backend, str(s.num_steps) if s.denoised else "pinned",
+                  s.backend, str(s.transitions) if s.denoised else "pinned",
                   str(s.query_stride), f"{s.fold_rho:g}", f"{s.est_seconds:.2f} s",
                   f"{s.est_bytes / 2**20:.0f} MiB")
     con = Console(width=max(Console().width, 132))

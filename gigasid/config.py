@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import math
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -19,7 +20,6 @@ import yaml
 
 from gigasid.errors import ConfigError
 
-APPS = ("uncond", "retarget", "reconstruct")
 BACKENDS = ("auto", "exact", "sdpa", "ann")
 INDEXES = ("flat", "ivf", "ivfpq")
 DTYPES = ("float32", "bfloat16")
@@ -72,7 +72,7 @@ class OutputConfig:
 @dataclass
 class JobConfig:
     app: str = "uncond"
-    input: str = ""
+    input: Union[str, list] = ""  # noqa: UP007
     seed: int = 0
     num_samples: int = 1
     output_size: Union[list, None] = None  # noqa: UP007
@@ -95,13 +95,17 @@ class JobConfig:
     # Where the config was loaded from; relative input paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
     name: str = field(default="job", metadata={"internal": True})
+    # The application's own section (its ``Config`` dataclass), or None.
+    app_config: Any = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict:
-        """Plain-data view without internal fields (what ``job.yaml`` stores)."""
-        d = dataclasses.asdict(self)
-        for f in fields(self):
-            if f.metadata.get("internal"):
-                d.pop(f.name)
+        """Plain-data view without internal fields (what ``job.yaml`` stores); the
+        application's own keys appear at the top level, as in the YAML file."""
+        d = {f.name: dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(
+            getattr(self, f.name)) else getattr(self, f.name)
+            for f in fields(self) if not f.metadata.get("internal")}
+        if self.app_config is not None:
+            d.update(dataclasses.asdict(self.app_config))
         return d
 
     def fingerprint(self) -> str:
@@ -109,14 +113,24 @@ class JobConfig:
         text = yaml.safe_dump(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def input_path(self) -> Path:
-        """The input image, resolved against the config's directory (or a bundled image)."""
-        if self.input.startswith("builtin:"):
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, resolved against the config's directory, or a bundled
+        image (``builtin:NAME``)."""
+        if value.startswith("builtin:"):
             from gigasid.io.images import builtin_image
 
-            return builtin_image(self.input.split(":", 1)[1])
-        p = Path(self.input).expanduser()
+            return builtin_image(value.split(":", 1)[1])
+        p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def input_paths(self) -> list[Path]:
+        """Every reference image (``input`` may be one path or a list)."""
+        items = self.input if isinstance(self.input, list) else [self.input]
+        return [self.resolve_path(str(v)) for v in items]
+
+    def input_path(self) -> Path:
+        """The first (main) reference image."""
+        return self.input_paths()[0]
 
 
 def _schema_keys(cls, prefix: str = "") -> list[str]:
@@ -132,7 +146,24 @@ def _schema_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
-ALL_KEYS = _schema_keys(JobConfig)
+COMMON_KEYS = _schema_keys(JobConfig)
+
+
+def _app_keys() -> dict[str, str]:
+    """``{key: app name}`` for every registered application's own keys."""
+    from gigasid import registry
+
+    out: dict[str, str] = {}
+    for name, cls in registry.apps().items():
+        if getattr(cls, "Config", None) is not None:
+            for k in _schema_keys(cls.Config):
+                out.setdefault(k, name)
+    return out
+
+
+def all_keys() -> list[str]:
+    """Every key a config may hold: the common ones and every application's own."""
+    return COMMON_KEYS + [k for k in _app_keys() if k not in COMMON_KEYS]
 
 
 def _unknown(key: str, known: list[str]) -> ConfigError:
@@ -144,7 +175,7 @@ def _unknown(key: str, known: list[str]) -> ConfigError:
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check ``value`` against the annotated type, converting YAML scalars where safe."""
     origin = get_origin(typ)
-    options = get_args(typ) if origin is Union else (typ,)
+    options = get_args(typ) if origin in (Union, types.UnionType) else (typ,)
     errors = []
     for opt in options:
         if opt is type(None):
@@ -178,19 +209,21 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}' must be {names}, got {value!r}")
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def _build(cls, data: dict, prefix: str = "", keys: list[str] | None = None):
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping")
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    keys = keys if keys is not None else _schema_keys(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise _unknown(prefix + str(key), [k for k in ALL_KEYS if k.startswith(prefix)]
-                           or ALL_KEYS)
+            raise _unknown(prefix + str(key), [k for k in keys if k.startswith(prefix)]
+                           or keys)
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
-            kwargs[key] = _build(typ, value if value is not None else {}, prefix + key + ".")
+            kwargs[key] = _build(typ, value if value is not None else {}, prefix + key + ".",
+                                 keys)
         else:
             kwargs[key] = _coerce(value, typ, prefix + key)
     return cls(**kwargs)
@@ -213,8 +246,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' must look like key=value (e.g. seed=3)")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key not in ALL_KEYS:
-        raise _unknown(key, ALL_KEYS)
+    known = all_keys()
+    if key not in known:
+        raise _unknown(key, known)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
@@ -251,7 +285,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-    cfg = _build(JobConfig, data)
+    cfg = _build_job(data)
     cfg.base_dir, cfg.name = base_dir, name
     validate(cfg)
     return cfg
@@ -259,8 +293,34 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def from_dict(data: dict) -> JobConfig:
     """Build and validate a config from plain data (e.g. ``job.yaml``'s ``config``)."""
-    cfg = _build(JobConfig, data)
+    cfg = _build_job(data)
     validate(cfg)
+    return cfg
+
+
+def _build_job(data: dict) -> JobConfig:
+    """The common keys into :class:`JobConfig`, the application's own into its section."""
+    from gigasid import registry
+
+    common_top = {f.name for f in fields(JobConfig) if not f.metadata.get("internal")}
+    common = {k: v for k, v in data.items() if k in common_top}
+    rest = {k: v for k, v in data.items() if k not in common_top}
+    cfg = _build(JobConfig, common, keys=all_keys())
+    apps = registry.apps()
+    _check_choice("app", cfg.app, tuple(apps))
+    cls = getattr(apps[cfg.app], "Config", None)
+    own = {f.name for f in fields(cls)} if cls is not None else set()
+    owners = _app_keys()
+    for key in rest:
+        if key not in own:
+            other = [k for k in owners if k == key or k.startswith(f"{key}.")]
+            if other:
+                raise ConfigError(f"config key '{key}' is a setting of app "
+                                  f"'{owners[other[0]]}', not of app '{cfg.app}'; remove it "
+                                  f"or set app: {owners[other[0]]}")
+            raise _unknown(str(key), all_keys())
+    if cls is not None:
+        cfg.app_config = _build(cls, rest, keys=_schema_keys(cls))
     return cfg
 
 
@@ -270,6 +330,10 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; "
                           f"got {value!r}{hint}")
+
+
+#: Public name for applications' own checks.
+check_choice = _check_choice
 
 
 def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
@@ -283,16 +347,23 @@ def _check_range(key: str, value: float, lo: float | None = None, hi: float | No
         raise ConfigError(f"config key '{key}' must be {rng}; got {value}")
 
 
+check_range = _check_range
+
+
 def _per_scale_items(key: str, value: Any) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
 def validate(cfg: JobConfig) -> None:
     """Range and consistency checks that do not need the input image."""
-    _check_choice("app", cfg.app, APPS)
-    if not cfg.input:
+    from gigasid import registry
+
+    apps = registry.apps()
+    _check_choice("app", cfg.app, tuple(apps))
+    items = cfg.input if isinstance(cfg.input, list) else [cfg.input]
+    if not items or not all(isinstance(v, str) and v for v in items):
         raise ConfigError("config key 'input' is required: the path of the reference image "
-                          "(relative to the config file) or builtin:NAME")
+                          "(relative to the config file) or builtin:NAME, or a list of them")
     _check_range("num_samples", cfg.num_samples, 1, 10_000)
     _check_range("patch_size", cfg.patch_size, 3, 255)
     _check_range("eta", cfg.eta, 0.0, 1.0)
@@ -351,8 +422,6 @@ def validate(cfg: JobConfig) -> None:
             if v < 1 or v > MAX_OUTPUT_SIDE:
                 raise ConfigError(f"config key 'output_size' sides must be between 1 and "
                                   f"{MAX_OUTPUT_SIDE} pixels; got {osz}")
-    if cfg.app == "retarget" and cfg.output_size is None:
-        raise ConfigError("app 'retarget' needs output_size: [height, width]")
     e = cfg.engine
     _check_choice("engine.store", e.store, ("auto", "memory", "zarr"))
     _check_range("engine.tile_size", e.tile_size, 0, None)
@@ -379,6 +448,7 @@ def validate(cfg: JobConfig) -> None:
     _check_range("output.quality", o.quality, 1, 100)
     _check_choice("output.dzi_tile_format", o.dzi_tile_format, ("jpg", "png", "webp"))
     _check_choice("output.dzi_container", o.dzi_container, ("fs", "zip"))
+    apps[cfg.app]().validate(cfg)
 
 
 def per_scale(value: Any, num_scales: int, key: str) -> list:

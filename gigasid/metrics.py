@@ -37,6 +37,7 @@ __all__ = [
     "patch_swd",
     "mirror_asymmetry",
     "seam_error",
+    "seam_ratio",
     "psnr",
 ]
 
@@ -533,6 +534,34 @@ def seam_error(image: ImageLike, direction: str = "both") -> float:
     else:
         raise ValueError(f"direction must be 'horizontal', 'vertical' or 'both', got {direction!r}")
     return max(_axis_seam(x, a) for a in axes)
+
+
+def seam_ratio(image: ImageLike, direction: str = "both") -> float:
+    """How strong the wrap-around seam is compared with an ordinary pixel step (1 = seamless).
+
+    For each tiled axis: the mean absolute difference between the last and the first column
+    (or row), divided by the mean absolute difference between adjacent columns (rows)
+    inside the image. A texture that tiles seamlessly scores about 1; a visible seam scores
+    well above. The result is the maximum over the tiled axes.
+
+    Parameters
+    ----------
+    image:
+        The image, on the ``[0, 1]`` scale.
+    direction:
+        ``"horizontal"`` (last column meets first), ``"vertical"`` or ``"both"``.
+    """
+    x = _to_hwc(image)
+    axes = {"horizontal": [1], "vertical": [0], "both": [1, 0]}.get(direction)
+    if axes is None:
+        raise ValueError(f"direction must be 'horizontal', 'vertical' or 'both', got {direction!r}")
+    out = 0.0
+    for a in axes:
+        n = x.shape[a]
+        seam = float(np.abs(np.take(x, n - 1, axis=a) - np.take(x, 0, axis=a)).mean())
+        inner = float(np.abs(np.diff(x, axis=a)).mean())
+        out = max(out, seam / max(inner, 1e-12))
+    return out
 
 
 def psnr(a: ImageLike, b: ImageLike, data_range: float = 1.0) -> float:

@@ -6,18 +6,19 @@ import random
 
 import pytest
 
+from gigasid.core.domain import Domain
 from gigasid.core.patches import fold_window
+from gigasid.core.sampler import ScaleContext, Transition
 from gigasid.core.schedule import make_schedule
 from gigasid.engine import graph
 from gigasid.engine.plan import tile_grid
-from gigasid.engine.transition import ScaleContext, Transition
 
 
-def _ctx(shape, patch=7, stride=2):
-    return ScaleContext(scale=0, shape=shape, channels=3, patch=patch, query_stride=stride,
-                        window=fold_window(patch, 0.2), denoiser=None,
+def _ctx(shape, patch=7, stride=2, kinds=("plane", "plane")):
+    return ScaleContext(scale=0, domain=Domain.make(shape, kinds), channels=3, patch=patch,
+                        query_stride=stride, window=fold_window(patch, 0.2), denoisers={},
                         schedule=make_schedule("flow_linear", 6, 1e-3), low_shape=(45, 52),
-                        coarser_shape=(41, 47))
+                        coarser=Domain.make((41, 47), kinds))
 
 
 def _transitions(n=6):
@@ -65,18 +66,37 @@ def _check_versions(reads, deps, ntiles, rng):
 
 
 @pytest.mark.parametrize("tile", [16, 23, 40])
-def test_every_schedule_reads_the_wave_it_needs(tile):
+@pytest.mark.parametrize("kinds", [("plane", "plane"), ("torus", "torus"), ("mirror", "mirror")])
+def test_every_schedule_reads_the_wave_it_needs(tile, kinds):
     """Double-buffered state: whatever order the edges allow, each task reads chunks written
     by the previous wave (never overwritten by a later one) and the last wave is complete."""
-    ctx = _ctx((90, 104))
+    ctx = _ctx((90, 104), kinds=kinds)
     trs = _transitions()
-    tiles = tile_grid(ctx.shape, tile)
+    tiles = tile_grid(ctx.stored_shape, tile)
     reads = graph.read_sets(ctx, tile, tiles, trs)
     deps = graph.wave_dependencies(reads, len(tiles))
     rng = random.Random(tile)
     for _ in range(5):
         version = _check_versions(reads, deps, len(tiles), rng)
         assert version[len(trs) % 2] == [len(trs)] * len(tiles)
+
+
+def test_torus_and_mirror_read_sets_wrap_and_reflect():
+    """A corner tile of a torus reads the far edges; a mirror tile at the axis reads only
+    the stored half (its reflection), never beyond it."""
+    tor = _ctx((90, 104), kinds=("torus", "torus"))
+    tiles = tile_grid(tor.stored_shape, 16)
+    ncols = -(-104 // 16)
+    reads = graph.read_sets(tor, 16, tiles, _transitions(2))[0][0]
+    last_row, last_col = (len(tiles) - 1) // ncols, ncols - 1
+    assert {last_row * ncols, last_col, len(tiles) - 1} <= set(reads)
+    mir = _ctx((90, 104), kinds=("plane", "mirror"))
+    assert mir.stored_shape == (90, 52)
+    tiles = tile_grid(mir.stored_shape, 16)
+    for t, rd in enumerate(graph.read_sets(mir, 16, tiles, _transitions(2))[0]):
+        assert all(0 <= u < len(tiles) for u in rd)
+        if tiles[t][3] == 52:  # touches the axis: reads its own column of tiles only
+            assert all(tiles[u][3] >= tiles[t][2] - 16 for u in rd)
 
 
 def test_waves_overlap_without_a_barrier():

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from gigasid.core import patches as P
 from gigasid.core.denoisers import ExactDenoiser
+from gigasid.core.domain import Domain
 from gigasid.core.image_denoiser import denoise_region
 
 
@@ -37,7 +38,7 @@ def test_fold_of_own_patches_reproduces_image(photo, stride, rho):
     data = P.extract(x, P.patch_starts(45, 9), P.patch_starts(52, 9), 9)
     g = P.fold_window(9, rho)
     # At a tiny noise level the denoiser returns each patch itself.
-    out = denoise_region(x, (0, 0), (45, 52), (0, 45, 0, 52), 9, stride, g,
+    out = denoise_region(x, (0, 0), Domain.make((45, 52)), (0, 45, 0, 52), 9, stride, g,
                          ExactDenoiser(data), 1.0, 1e-4)
     assert len(ys) * len(xs) > 0
     torch.testing.assert_close(out, x, rtol=0, atol=1e-5)
@@ -61,4 +62,17 @@ def test_patch_grid_gathers_the_extracted_patches(photo, stride):
     got = grid.gather(idx)
     assert got.shape == (5, 9, ref.shape[1])
     assert torch.equal(got.reshape(45, -1), ref[idx.reshape(-1)])
+    assert torch.equal(grid.block(0, grid.n), ref)
+
+
+def test_patch_grid_of_several_images_with_exclusions(photo):
+    """Multi-reference datasets: the patches of every image, minus excluded windows."""
+    a, b = photo[:, :30, :41], photo[:, 100:126, 60:95]
+    ex = torch.zeros(len(P.patch_starts(30, 5)), len(P.patch_starts(41, 5)), dtype=torch.bool)
+    ex[3:9, 10:20] = True
+    grid = P.PatchGrid([a, b], 5, 1, [ex, None])
+    ref_a = P.extract(a, P.patch_starts(30, 5), P.patch_starts(41, 5), 5)[~ex.reshape(-1)]
+    ref_b = P.extract(b, P.patch_starts(26, 5), P.patch_starts(35, 5), 5)
+    ref = torch.cat([ref_a, ref_b])
+    assert grid.n == ref.shape[0]
     assert torch.equal(grid.block(0, grid.n), ref)

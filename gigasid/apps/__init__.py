@@ -1,23 +1,30 @@
 """Applications: each is the same coarse-to-fine sampler with its own per-scale program.
 
-A program says how a scale's state starts (noise, a pinned image, an inverted reference) and
-which transitions run on it. Apps hold no math of their own.
+One module per application; each registers itself with :func:`gigasid.registry.register`.
+An application holds no math of its own: it chooses a domain, datasets, pinned scales and
+the programs (initial state, transitions, hooks) the engine runs.
 """
 
 from __future__ import annotations
 
-from gigasid.apps.base import App, ScaleProgram
-from gigasid.apps.reconstruct import Reconstruct
-from gigasid.apps.retarget import Retarget
-from gigasid.apps.uncond import Uncond
-
-APPS: dict[str, type[App]] = {"uncond": Uncond, "retarget": Retarget,
-                              "reconstruct": Reconstruct}
+from gigasid.apps import (  # noqa: F401  (each module registers its application)
+    analogy,
+    inpaint,
+    outpaint,
+    reconstruct,
+    retarget,
+    symmetric,
+    tileable,
+    uncond,
+)
+from gigasid.apps.base import App, DatasetSpec, JobView, ScaleProgram
 
 
 def get_app(name: str) -> App:
     """Instantiate the application registered under ``name``."""
-    return APPS[name]()
+    from gigasid import registry
+
+    return registry.get(name)()
 
 
-__all__ = ["APPS", "App", "ScaleProgram", "get_app"]
+__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "get_app"]

@@ -1,33 +1,27 @@
-"""The per-scale program every application provides."""
+"""What an application provides: its config section, domain, datasets, pinned scales, cost
+estimate and a per-scale program. The engine, planner and config call these and name no app.
+
+An application module defines one :class:`App` subclass, decorates it with
+:func:`gigasid.registry.register`, and ships a preset in ``configs/``. Everything it needs
+from the job comes through a :class:`JobView`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from gigasid.core import noise
+from gigasid.core.sampler import (
+    InitFn,
+    ScaleProgram,
+    Transition,
+    inversion_transitions,
+    sampling_transitions,
+)
 from gigasid.core.schedule import Schedule
-from gigasid.engine.transition import Region, Transition
-
-#: ``init(region) -> (C, h, w)`` initial state of a scale on a region.
-InitFn = Callable[[Region], torch.Tensor]
-
-
-@dataclass
-class ScaleProgram:
-    """How one scale runs: its initial state and its transitions, in order."""
-
-    init: InitFn
-    transitions: list[Transition] = field(default_factory=list)
-
-
-def sampling_transitions(num_steps: int, eta: float, blend: bool, start: int | None = None,
-                         ) -> list[Transition]:
-    """``start -> ... -> 0``; the blend is skipped at the final step (spec §5)."""
-    t0 = num_steps if start is None else start
-    return [Transition(t, t - 1, eta, blend and t != 1) for t in range(t0, 0, -1)]
+from gigasid.engine.view import DatasetSpec, JobView
 
 
 def noise_init(seed: int, scale: int, schedule: Schedule, channels: int,
@@ -36,7 +30,7 @@ def noise_init(seed: int, scale: int, schedule: Schedule, channels: int,
     T = schedule.num_steps
     sig = schedule.sigmas[T]
 
-    def init(region: Region) -> torch.Tensor:
+    def init(region) -> torch.Tensor:
         z = noise.gaussian_region(seed, scale, T, channels, region, noise.STREAM_INIT,
                                   device=device)
         return sig * z
@@ -47,20 +41,94 @@ def noise_init(seed: int, scale: int, schedule: Schedule, channels: int,
 def tensor_init(image: torch.Tensor) -> InitFn:
     """Start from a given (pinned) image."""
 
-    def init(region: Region) -> torch.Tensor:
+    def init(region) -> torch.Tensor:
         y0, y1, x0, x1 = region
         return image[:, y0:y1, x0:x1].to(torch.float32)
 
     return init
 
 
+def warm_init(image: torch.Tensor, seed: int, scale: int, schedule: Schedule,
+              device: str = "cpu") -> InitFn:
+    """The warm start of DDIM inversion: ``x_1 = alpha_1 y + sigma_1 z`` (spec §6.5)."""
+    a1, s1 = schedule.alphas[1], schedule.sigmas[1]
+    c = image.shape[0]
+
+    def init(region) -> torch.Tensor:
+        y0, y1, x0, x1 = region
+        z = noise.gaussian_region(seed, scale, 1, c, region, noise.STREAM_WARM, device=device)
+        return a1 * image[:, y0:y1, x0:x1].to(device, torch.float32) + s1 * z
+
+    return init
+
+
+def uncond_program(view: JobView, scale: int, seed: int) -> ScaleProgram:
+    """Noise, then the usual sampling steps (blended below the coarsest scale)."""
+    ctx = view.contexts[scale]
+    coarsest = scale == view.num_scales - 1
+    return ScaleProgram(
+        init=noise_init(seed, scale, ctx.schedule, ctx.channels, ctx.device),
+        transitions=sampling_transitions(ctx.schedule.num_steps, view.eta, blend=not coarsest))
+
+
 class App:
-    """Base class: unconditional sampling at every scale."""
+    """Base class: unconditional sampling at every scale on a plane.
+
+    Subclasses override what differs. ``Config`` is a dataclass whose fields are the
+    application's own top-level config keys (None: no keys of its own).
+    """
 
     name = "uncond"
+    Config: type | None = None
 
-    def prepare(self, job) -> None:
-        """Hook to precompute app-specific tensors once per job (e.g. pinned levels)."""
+    # ---- config time (no images) --------------------------------------------------------
+    def validate(self, cfg) -> None:
+        """Refuse settings that cannot work, with a message that says what to change."""
 
-    def program(self, job, scale: int, seed: int) -> ScaleProgram:
-        raise NotImplementedError
+    def input_files(self, cfg) -> list[Path]:
+        """Extra files the job reads (masks, structure images): fingerprinted for resume and
+        checked before any work."""
+        return []
+
+    def output_shape(self, cfg, ref_shapes: list[tuple[int, int]]) -> tuple[int, int]:
+        """Full-resolution output ``(H, W)``."""
+        return tuple(cfg.output_size) if cfg.output_size else tuple(ref_shapes[0])
+
+    def domain(self, cfg) -> tuple[str, str]:
+        """Axis kinds ``(y, x)`` of every scale: plane, torus or mirror."""
+        return ("plane", "plane")
+
+    def pinned_scales(self, cfg, num_scales: int) -> set[int]:
+        """Scales that are never denoised (their state is given)."""
+        return set()
+
+    def transitions_per_scale(self, cfg, scale: int, num_steps: int) -> int:
+        """How many denoiser transitions a scale runs (for the plan's estimates)."""
+        return num_steps
+
+    # ---- job time -----------------------------------------------------------------------
+    def prepare(self, view: JobView) -> None:
+        """Precompute what the programs need (pinned levels, masks); called once per job."""
+
+    def datasets(self, view: JobView) -> dict[str, DatasetSpec]:
+        """The datasets per scale; ``main`` is every reference's level at every denoised
+        scale (several references are concatenated)."""
+        scales = [s for s in range(view.num_scales) if view.plan.scales[s].denoised]
+        return {"main": DatasetSpec({s: [r[s] for r in view.references] for s in scales})}
+
+    def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
+        return uncond_program(view, scale, seed)
+
+    # ---- outputs ------------------------------------------------------------------------
+    def report(self, view: JobView, image: torch.Tensor) -> dict:
+        """Metrics of a finished sample (``(C, H, W)`` in ``[0, 1]``) for timings.json."""
+        return {}
+
+    def extra_outputs(self, view: JobView, image, dest: Path) -> dict[str, str]:
+        """Extra files written next to the sample's outputs (e.g. a tiled preview)."""
+        return {}
+
+
+__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "Transition",
+           "inversion_transitions", "noise_init", "sampling_transitions", "tensor_init",
+           "uncond_program", "warm_init"]

@@ -15,26 +15,30 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from gigasid.apps.base import App, ScaleProgram, noise_init, sampling_transitions, tensor_init
+from gigasid.apps.base import App, JobView, ScaleProgram, tensor_init, uncond_program
+from gigasid.errors import ConfigError
+from gigasid.registry import register
 
 
+@register
 class Retarget(App):
     name = "retarget"
 
-    def prepare(self, job) -> None:
-        plan = job.plan
-        ref = job.reference  # (C, H, W) in [-1, 1]
-        h, w = plan.scales[-1].shape
-        # torch bicubic, antialiased, as the reference implementation's initial resize.
-        self.pinned = F.interpolate(ref[None], size=(h, w), mode="bicubic", antialias=True,
-                                    align_corners=False)[0]
+    def validate(self, cfg) -> None:
+        if cfg.output_size is None:
+            raise ConfigError("app 'retarget' needs output_size: [height, width]")
 
-    def program(self, job, scale: int, seed: int) -> ScaleProgram:
-        S = job.plan.num_scales
-        ctx = job.contexts[scale]
-        if scale == S - 1 and S > 1:
+    def pinned_scales(self, cfg, num_scales: int) -> set[int]:
+        return {num_scales - 1} if num_scales > 1 else set()
+
+    def prepare(self, view: JobView) -> None:
+        ref = view.references[0][0]  # (C, H, W) in [-1, 1]
+        h, w = view.plan.scales[-1].shape
+        # torch bicubic, antialiased, as the reference implementation's initial resize.
+        self.pinned = F.interpolate(ref[None].float(), size=(h, w), mode="bicubic",
+                                    antialias=True, align_corners=False)[0]
+
+    def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
+        if scale in self.pinned_scales(None, view.num_scales):
             return ScaleProgram(init=tensor_init(self.pinned), transitions=[])
-        return ScaleProgram(
-            init=noise_init(seed, scale, ctx.schedule, ctx.channels, ctx.device),
-            transitions=sampling_transitions(ctx.schedule.num_steps, job.cfg.eta, blend=True),
-        )
+        return uncond_program(view, scale, seed)

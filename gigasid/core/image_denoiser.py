@@ -11,16 +11,16 @@ import torch
 
 from gigasid.core import patches as P
 from gigasid.core import resample
+from gigasid.core.domain import Domain
 
 Region = tuple[int, int, int, int]
 
 
-def patch_halo_region(image_shape: tuple[int, int], patch: int, stride: int,
-                      region: Region) -> Region:
-    """Input window ``(y0, y1, x0, x1)`` that :func:`denoise_region` reads for ``region``."""
-    h, w = image_shape
-    ys = P.starts_touching(P.patch_starts(h, patch, stride), patch, region[0], region[1])
-    xs = P.starts_touching(P.patch_starts(w, patch, stride), patch, region[2], region[3])
+def patch_halo_region(domain: Domain, patch: int, stride: int, region: Region) -> Region:
+    """Input window ``(y0, y1, x0, x1)`` that :func:`denoise_region` reads for ``region``
+    (full-image coordinates, unwrapped on a torus)."""
+    ys = domain.y.starts_touching(patch, stride, region[0], region[1])
+    xs = domain.x.starts_touching(patch, stride, region[2], region[3])
     return (*P.input_span(ys, patch), *P.input_span(xs, patch))
 
 
@@ -38,7 +38,7 @@ def _coverage_1d(starts: torch.Tensor, g: torch.Tensor, lo: int, hi: int) -> tor
 def denoise_region(
     x: torch.Tensor,
     origin: tuple[int, int],
-    image_shape: tuple[int, int],
+    domain: Domain,
     region: Region,
     patch: int,
     stride: int,
@@ -54,13 +54,14 @@ def denoise_region(
     ----------
     x:
         ``(C, h, w)`` window of the noisy image ``x_t`` whose top-left pixel is ``origin``
-        (global); it must contain :func:`patch_halo_region` of ``region``.
-    image_shape:
-        Global ``(H, W)`` of this scale.
+        (full-image coordinates); it must contain :func:`patch_halo_region` of ``region``.
+    domain:
+        The scale's :class:`~gigasid.core.domain.Domain` (its full shape and which axes
+        wrap); it decides the patch grid.
     region:
-        ``(y0, y1, x0, x1)`` output region, global coordinates.
+        ``(y0, y1, x0, x1)`` output region, full-image coordinates.
     patch, stride:
-        Patch side ``P`` and query stride (the grid always covers the border).
+        Patch side ``P`` and query stride (the grid always covers every pixel).
     window:
         1-D fold window ``g`` of length ``P`` (see :func:`patches.fold_weights`); the 2-D
         weight is ``g(u) g(v)``.
@@ -71,12 +72,18 @@ def denoise_region(
     -------
     torch.Tensor
         ``(C, y1 - y0, x1 - x0)`` float32 estimate of the clean image on ``region``.
+
+    Notes
+    -----
+    The patches are denoised in chunks of whole patch rows whose boundaries lie on a grid
+    fixed by the scale (not by the region), and :func:`patches.fold` adds each pixel's
+    contributions in a fixed order: a pixel gets the same bits whatever region it is
+    computed in.
     """
     c = x.shape[0]
-    h, w = image_shape
     y0, y1, x0, x1 = region
-    ys = P.starts_touching(P.patch_starts(h, patch, stride), patch, y0, y1)
-    xs = P.starts_touching(P.patch_starts(w, patch, stride), patch, x0, x1)
+    ys = domain.y.starts_touching(patch, stride, y0, y1)
+    xs = domain.x.starts_touching(patch, stride, x0, x1)
     sy0, sy1 = P.input_span(ys, patch)
     sx0, sx1 = P.input_span(xs, patch)
     oy, ox = origin
@@ -86,10 +93,13 @@ def denoise_region(
     w2 = (g[:, None] * g[None, :]).to(torch.float32)
     wflat = w2.expand(c, patch, patch).reshape(-1)
     num = torch.zeros((c, sy1 - sy0, sx1 - sx0), dtype=torch.float32, device=x.device)
-    rows = max(1, chunk_patches // len(xs))
+    # Chunks of patch rows on a grid of `band` pixel rows fixed by the scale's width.
+    per_row = len(domain.x.patch_grid(patch, stride))
+    band = max(1, chunk_patches // per_row) * stride
+    chunk_id = torch.div(ys, band, rounding_mode="floor")
     xs_local = xs - ox
-    for i in range(0, len(ys), rows):
-        yc = ys[i : i + rows]
+    for cid in torch.unique_consecutive(chunk_id).tolist():
+        yc = ys[chunk_id == cid]
         q = P.extract(x, yc - oy, xs_local, patch)
         est = denoiser(q, alpha, sigma).to(torch.float32)
         est.mul_(wflat.to(est.device))
@@ -109,17 +119,20 @@ def blend_low_shape(fine_shape: tuple[int, int], ratio: float,
     return pyramid_shapes(fine_shape, 2, ratio, min_short_side, check=False)[1]
 
 
-def blend_input_region(fine_shape, low_shape, coarser_shape,
+def blend_input_region(fine: Domain, low_shape: tuple[int, int], coarser: Domain,
                        region: Region) -> tuple[Region, Region]:
     """Windows of the fine estimate and of the coarser result that the blend of ``region`` reads.
 
-    Returns ``(fine_window, coarser_window)``; ``fine_window`` contains ``region``.
+    Returns ``(fine_window, coarser_window)`` in full-image coordinates (unwrapped on a
+    torus); ``fine_window`` contains ``region``.
     """
-    ly0, ly1, lx0, lx1 = resample.input_region(low_shape, fine_shape, region)
-    fy0, fy1, fx0, fx1 = resample.input_region(fine_shape, low_shape, (ly0, ly1, lx0, lx1))
-    fine = (min(fy0, region[0]), max(fy1, region[1]), min(fx0, region[2]), max(fx1, region[3]))
-    coarse = resample.input_region(coarser_shape, fine_shape, region)
-    return fine, coarse
+    wrap = fine.wraps
+    ly0, ly1, lx0, lx1 = resample.input_region(low_shape, fine.shape, region, wrap)
+    fy0, fy1, fx0, fx1 = resample.input_region(fine.shape, low_shape, (ly0, ly1, lx0, lx1),
+                                               wrap)
+    win = (min(fy0, region[0]), max(fy1, region[1]), min(fx0, region[2]), max(fx1, region[3]))
+    coarse = resample.input_region(coarser.shape, fine.shape, region, coarser.wraps)
+    return win, coarse
 
 
 def laplacian_blend(
@@ -127,20 +140,25 @@ def laplacian_blend(
     fine_origin: tuple[int, int],
     coarser: torch.Tensor,
     coarser_origin: tuple[int, int],
-    fine_shape: tuple[int, int],
+    fine_domain: Domain,
     low_shape: tuple[int, int],
-    coarser_shape: tuple[int, int],
+    coarser_domain: Domain,
     region: Region,
 ) -> torch.Tensor:
     """``up(coarser) + fine - up(down(fine))`` on ``region`` (spec §4.4).
 
-    ``fine`` and ``coarser`` are windows (with their global origins) that contain the regions
-    returned by :func:`blend_input_region`.
+    ``fine`` and ``coarser`` are windows (with their full-image origins) that contain the
+    windows returned by :func:`blend_input_region`. On a torus every resampling wraps, so
+    the blend is periodic too.
     """
-    low_region = resample.input_region(low_shape, fine_shape, region)
-    low = resample.resize_region(fine, fine_origin, fine_shape, low_shape, low_region)
-    detail_lp = resample.resize_region(low, low_region[::2], low_shape, fine_shape, region)
-    base = resample.resize_region(coarser, coarser_origin, coarser_shape, fine_shape, region)
+    wrap = fine_domain.wraps
+    fine_shape = fine_domain.shape
+    low_region = resample.input_region(low_shape, fine_shape, region, wrap)
+    low = resample.resize_region(fine, fine_origin, fine_shape, low_shape, low_region, wrap)
+    detail_lp = resample.resize_region(low, low_region[::2], low_shape, fine_shape, region,
+                                       wrap)
+    base = resample.resize_region(coarser, coarser_origin, coarser_domain.shape, fine_shape,
+                                  region, coarser_domain.wraps)
     y0, y1, x0, x1 = region
     oy, ox = fine_origin
     f = fine[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox].to(base.dtype)

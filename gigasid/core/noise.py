@@ -18,6 +18,7 @@ _MASK = 0xFFFFFFFF
 STREAM_INIT = 0  # x_T = sigma_T z
 STREAM_STEP = 1  # the eta > 0 renoising term
 STREAM_WARM = 2  # the warm start of DDIM inversion
+STREAM_HOLD = 3  # the noise of a held (known) region: x_t = alpha_t y + sigma_t z
 
 
 def _mix32(h: torch.Tensor) -> torch.Tensor:

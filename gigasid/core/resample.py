@@ -36,17 +36,27 @@ def mirror_index(i: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4096)
-def taps(in_size: int, out_size: int, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+def taps(in_size: int, out_size: int, lo: int, hi: int,
+         wrap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Input indices and weights of output samples ``lo .. hi-1`` along one axis.
+
+    Parameters
+    ----------
+    wrap:
+        The axis is periodic (a torus): taps beyond the ends are returned *unwrapped* (the
+        caller's reader wraps them), instead of mirrored into ``[0, in_size)``.
 
     Returns
     -------
     idx : torch.Tensor
-        ``(hi - lo, K)`` int64 global input indices, already mirrored into ``[0, in_size)``.
+        ``(hi - lo, K)`` int64 global input indices.
     weight : torch.Tensor
         ``(hi - lo, K)`` float64 weights, each row summing to one.
     """
     scale = out_size / in_size
+    if in_size == out_size:
+        o = torch.arange(lo, hi, dtype=torch.int64)[:, None]
+        return o, torch.ones(o.shape, dtype=torch.float64)
     stretch = min(scale, 1.0)  # antialias only when downscaling
     support = 2.0 / stretch
     o = torch.arange(lo, hi, dtype=torch.float64)
@@ -58,31 +68,32 @@ def taps(in_size: int, out_size: int, lo: int, hi: int) -> tuple[torch.Tensor, t
     w = w / w.sum(dim=1, keepdim=True)
     keep = (w != 0).any(dim=0)  # trim columns that are zero for every output
     j, w = j[:, keep], w[:, keep]
-    return mirror_index(j, in_size), w
+    return (j if wrap else mirror_index(j, in_size)), w
 
 
-def input_range(in_size: int, out_size: int, lo: int, hi: int) -> tuple[int, int]:
-    """The input span ``[a, b)`` that output samples ``lo .. hi-1`` read."""
-    if in_size == out_size:
-        return lo, hi
-    idx, _ = taps(in_size, out_size, lo, hi)
+def input_range(in_size: int, out_size: int, lo: int, hi: int,
+                wrap: bool = False) -> tuple[int, int]:
+    """The input span ``[a, b)`` that output samples ``lo .. hi-1`` read (unwrapped if
+    ``wrap``)."""
+    idx, _ = taps(in_size, out_size, lo, hi, wrap)
     return int(idx.min()), int(idx.max()) + 1
 
 
-def _matrix(in_size: int, out_size: int, lo: int, hi: int, origin: int, n_local: int,
-            dtype: torch.dtype, device) -> torch.Tensor:
-    """Dense ``(hi - lo, n_local)`` resampling matrix over a local input window."""
-    if in_size == out_size:
-        m = torch.zeros((hi - lo, n_local), dtype=torch.float64)
-        m[torch.arange(hi - lo), torch.arange(lo, hi) - origin] = 1.0
-        return m.to(dtype=dtype, device=device)
-    idx, w = taps(in_size, out_size, lo, hi)
-    local = idx - origin
-    if int(local.min()) < 0 or int(local.max()) >= n_local:
-        raise ValueError("input window does not cover the resampling support")
-    m = torch.zeros((hi - lo, n_local), dtype=torch.float64)
-    m.scatter_add_(1, local, w)  # mirrored taps may hit the same input twice
-    return m.to(dtype=dtype, device=device)
+def _resample_axis(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``out[o] = sum_k w[o, k] x[idx[o, k]]`` along ``dim``, taps added in a fixed order.
+
+    Each output is summed over its own taps only, always in the same order, so its bits do
+    not depend on how large the surrounding window is (a dense GEMM over the window would
+    group the additions by the window's size, i.e. by the tiling).
+    """
+    out = None
+    for k in range(idx.shape[1]):
+        term = x.index_select(dim, idx[:, k])
+        shape = [1] * x.dim()
+        shape[dim] = idx.shape[0]
+        term = term * w[:, k].view(shape)
+        out = term if out is None else out.add_(term)
+    return out
 
 
 def resize_region(
@@ -91,6 +102,7 @@ def resize_region(
     in_shape: tuple[int, int],
     out_shape: tuple[int, int],
     region: tuple[int, int, int, int],
+    wrap: tuple[bool, bool] = (False, False),
 ) -> torch.Tensor:
     """Resample a window of an image to a region of the resized image.
 
@@ -98,11 +110,14 @@ def resize_region(
     ----------
     x:
         ``(C, h, w)`` window of the input image, whose top-left pixel is ``origin`` in the
-        input's global coordinates. It must cover :func:`input_range` of the region.
+        input's global coordinates (unwrapped on periodic axes). It must cover
+        :func:`input_region` of the region.
     in_shape, out_shape:
         Global ``(H, W)`` of the input and of the resized image.
     region:
         ``(y0, y1, x0, x1)`` of the output, in the resized image's global coordinates.
+    wrap:
+        Per axis ``(y, x)``: periodic (torus) instead of mirrored borders.
 
     Returns
     -------
@@ -111,20 +126,26 @@ def resize_region(
     """
     y0, y1, x0, x1 = region
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xw = x.to(work)
-    my = _matrix(in_shape[0], out_shape[0], y0, y1, origin[0], x.shape[1], work, x.device)
-    mx = _matrix(in_shape[1], out_shape[1], x0, x1, origin[1], x.shape[2], work, x.device)
-    out = torch.einsum("oh,chw->cow", my, xw)
-    out = torch.einsum("cow,pw->cop", out, mx)
+    out = x.to(work)
+    for dim, (n_in, n_out, lo, hi, org, wr) in ((1, (in_shape[0], out_shape[0], y0, y1,
+                                                      origin[0], wrap[0])),
+                                                (2, (in_shape[1], out_shape[1], x0, x1,
+                                                     origin[1], wrap[1]))):
+        idx, w = taps(n_in, n_out, lo, hi, wr)
+        local = idx - org
+        if int(local.min()) < 0 or int(local.max()) >= out.shape[dim]:
+            raise ValueError("input window does not cover the resampling support")
+        out = _resample_axis(out, dim, local.to(out.device), w.to(work).to(out.device))
     return out
 
 
 def input_region(
-    in_shape: tuple[int, int], out_shape: tuple[int, int], region: tuple[int, int, int, int]
+    in_shape: tuple[int, int], out_shape: tuple[int, int], region: tuple[int, int, int, int],
+    wrap: tuple[bool, bool] = (False, False),
 ) -> tuple[int, int, int, int]:
     """Input window ``(y0, y1, x0, x1)`` needed by :func:`resize_region` for ``region``."""
-    a, b = input_range(in_shape[0], out_shape[0], region[0], region[1])
-    c, d = input_range(in_shape[1], out_shape[1], region[2], region[3])
+    a, b = input_range(in_shape[0], out_shape[0], region[0], region[1], wrap[0])
+    c, d = input_range(in_shape[1], out_shape[1], region[2], region[3], wrap[1])
     return a, b, c, d
 
 

@@ -18,20 +18,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from gigasid.core.domain import Domain, stored_ranges
 from gigasid.engine.transition import Region, ScaleContext, Transition, input_windows
 
 Key = tuple
 
 
-def tiles_touching(shape: tuple[int, int], tile: int, window: Region) -> list[int]:
-    """Row-major indices of the tiles of a ``tile``-sided grid that intersect ``window``."""
+def tiles_touching(shape: tuple[int, int], tile: int, window: Region,
+                   domain: Domain | None = None) -> list[int]:
+    """Row-major indices of the tiles of a ``tile``-sided grid over the stored ``shape`` that
+    a full-image ``window`` reads (through ``domain``'s wrap and reflection, if given)."""
     if tile <= 0:
         return [0]
     ncols = math.ceil(shape[1] / tile)
-    y0, y1, x0, x1 = window
-    return [iy * ncols + ix
-            for iy in range(max(0, y0) // tile, (min(y1, shape[0]) - 1) // tile + 1)
-            for ix in range(max(0, x0) // tile, (min(x1, shape[1]) - 1) // tile + 1)]
+    if domain is None:
+        rows, cols = [(window[0], window[1])], [(window[2], window[3])]
+    else:
+        rows, cols = stored_ranges(domain, window)
+
+    def span(ranges, n):
+        out: set[int] = set()
+        for a, b in ranges:
+            out.update(range(max(0, a) // tile, (min(b, n) - 1) // tile + 1))
+        return sorted(out)
+
+    return [iy * ncols + ix for iy in span(rows, shape[0]) for ix in span(cols, shape[1])]
 
 
 def read_sets(ctx: ScaleContext, tile: int, tiles: Sequence[Region],
@@ -45,8 +56,9 @@ def read_sets(ctx: ScaleContext, tile: int, tiles: Sequence[Region],
     out = []
     for tr in transitions:
         if tr.blend not in by_blend:
-            by_blend[tr.blend] = [tiles_touching(ctx.shape, tile, input_windows(ctx, tr, r)[1])
-                                  for r in tiles]
+            by_blend[tr.blend] = [
+                tiles_touching(ctx.stored_shape, tile, input_windows(ctx, tr, r)[3], ctx.domain)
+                for r in tiles]
         out.append(by_blend[tr.blend])
     return out
 

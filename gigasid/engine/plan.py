@@ -53,6 +53,9 @@ class ScalePlan:
     denoised: bool
     n_patches: int
     n_queries: int
+    domain: tuple[str, str] = ("plane", "plane")
+    stored_shape: tuple[int, int] = (0, 0)
+    transitions: int = 0
     tile: int = 0
     tiles: list[tuple[int, int, int, int]] = field(default_factory=list)
     est_seconds: float = 0.0
@@ -72,6 +75,7 @@ class JobPlan:
     num_samples: int
     scales: list[ScalePlan]
     store: str = "memory"
+    ref_pyramids: list = field(default_factory=list)  # per reference, its shape per scale
     est_setup_seconds: float = 0.0
     est_disk_bytes: int = 0
 
@@ -120,21 +124,32 @@ def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int]) -> int:
     return tile
 
 
-def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
-              channels: int = 3) -> JobPlan:
+def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3,
+              app=None) -> JobPlan:
     """Resolve every ``auto`` and per-scale field into a :class:`JobPlan`.
 
-    Raises :class:`InputError` when the image is too small for the patch size.
+    ``ref_shapes`` is the ``(H, W)`` of each reference (one shape is accepted too). The
+    application (``app``, default: the one ``cfg.app`` names) supplies the output shape,
+    the pinned scales, the domain and the number of transitions per scale.
+    Raises :class:`InputError` when an image is too small for the patch size.
     """
+    from gigasid import registry
+    from gigasid.core.domain import Domain
+
+    if ref_shapes and isinstance(ref_shapes[0], int):
+        ref_shapes = [tuple(ref_shapes)]
+    ref_shapes = [tuple(r) for r in ref_shapes]
+    app = app or registry.get(cfg.app)()
     P = cfg.patch_size
-    out_shape = tuple(cfg.output_size) if cfg.output_size else tuple(ref_shape)
+    out_shape = tuple(app.output_shape(cfg, ref_shapes))
     mss = cfg.pyramid.min_short_side
-    if min(ref_shape) < P:
-        raise InputError(
-            f"the input is {ref_shape[1]}x{ref_shape[0]} px, smaller than patch_size={P}; "
-            f"use a larger image or a smaller patch_size (at most {min(ref_shape)})")
+    for r in ref_shapes:
+        if min(r) < P:
+            raise InputError(
+                f"the input is {r[1]}x{r[0]} px, smaller than patch_size={P}; "
+                f"use a larger image or a smaller patch_size (at most {min(r)})")
     if cfg.pyramid.num_scales == "auto":
-        short = min(*ref_shape, *out_shape)
+        short = min(min(min(r) for r in ref_shapes), *out_shape)
         try:
             S = auto_num_scales(short, P, mss)
         except ValueError:
@@ -145,7 +160,7 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
     else:
         S = int(cfg.pyramid.num_scales)
     try:
-        ref_shapes = pyramid_shapes(tuple(ref_shape), S, cfg.pyramid.relative_scale, mss)
+        ref_pyr = [pyramid_shapes(r, S, cfg.pyramid.relative_scale, mss) for r in ref_shapes]
         out_shapes = pyramid_shapes(out_shape, S, cfg.pyramid.relative_scale, mss)
     except ValueError as exc:
         raise InputError(f"pyramid: {exc}") from None
@@ -161,11 +176,14 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
     tile = cfg.engine.tile_size or (DEFAULT_ZARR_TILE if store == "zarr" else 0)
     dev = "cuda" if device.startswith("cuda") else "cpu"
     exact_max = cfg.denoiser.exact_max_patches or EXACT_MAX_PATCHES[dev]
+    pinned = app.pinned_scales(cfg, S)
+    kinds = tuple(app.domain(cfg))
     scales = []
     for s in range(S):
-        denoised = not (cfg.app == "retarget" and s == S - 1 and S > 1)
+        denoised = s not in pinned
         if denoised:
-            for what, shp in (("reference", ref_shapes[s]), ("output", out_shapes[s])):
+            shapes = [("reference", rp[s]) for rp in ref_pyr] + [("output", out_shapes[s])]
+            for what, shp in shapes:
                 if min(shp) < P:
                     raise InputError(
                         f"scale {s} of the {what} is {shp[1]}x{shp[0]} px, smaller than "
@@ -176,27 +194,40 @@ def make_plan(cfg: JobConfig, ref_shape: tuple[int, int], device: str = "cpu",
             # Every reference patch (the spec's stride 1) unless the level is so large that
             # its index would not fit: then the smallest stride that keeps it under the cap.
             dstride = 1
-            while dstride < P and _count(ref_shapes[s], P, dstride) > DATASET_MAX_PATCHES:
+            while dstride < P and sum(_count(rp[s], P, dstride)
+                                      for rp in ref_pyr) > DATASET_MAX_PATCHES:
                 dstride += 1
-        n = _count(ref_shapes[s], P, dstride) if denoised else 0
+        n = sum(_count(rp[s], P, dstride) for rp in ref_pyr) if denoised else 0
+        dom = Domain.make(out_shapes[s], kinds)
         stride = qstr[s]
         if stride == "auto":
-            stride = 2 if _count(out_shapes[s], P, 1) > STRIDE2_MIN_QUERIES[dev] else 1
-        m = _count(out_shapes[s], P, stride) if denoised else 0
+            stride = 2 if _queries(dom, P, 1) > STRIDE2_MIN_QUERIES[dev] else 1
+        m = _queries(dom, P, stride) if denoised else 0
         backend = backends[s]
         if backend == "auto":
             backend = "exact" if n <= exact_max else "ann"
+        stored = dom.stored_shape
+        st = _scale_tile(cfg, tile, stored)
         scales.append(ScalePlan(
-            index=s, ref_shape=ref_shapes[s], shape=out_shapes[s], num_steps=steps[s],
+            index=s, ref_shape=ref_pyr[0][s], shape=out_shapes[s], num_steps=steps[s],
             patch=P, dataset_stride=dstride, query_stride=stride, fold_rho=rhos[s],
             backend=backend if denoised else "-", denoised=denoised, n_patches=n,
-            n_queries=m, tile=_scale_tile(cfg, tile, out_shapes[s]),
-            tiles=tile_grid(out_shapes[s], _scale_tile(cfg, tile, out_shapes[s]))))
-    plan = JobPlan(app=cfg.app, channels=channels, ref_shape=tuple(ref_shape),
+            n_queries=m, domain=kinds, stored_shape=stored,
+            transitions=app.transitions_per_scale(cfg, s, steps[s]) if denoised else 0,
+            tile=st, tiles=tile_grid(stored, st)))
+    plan = JobPlan(app=cfg.app, channels=channels, ref_shape=ref_shapes[0],
                    out_shape=out_shape, device=dev, dtype=cfg.dtype,
-                   num_samples=cfg.num_samples, scales=scales, store=store)
+                   num_samples=cfg.num_samples, scales=scales, store=store,
+                   ref_pyramids=ref_pyr)
     _estimate(plan, cfg)
     return plan
+
+
+def _queries(domain, patch: int, stride: int) -> int:
+    """Query patches a step denoises: those touching the stored part of the domain."""
+    ny = len(domain.y.starts_touching(patch, stride, 0, domain.y.stored_size))
+    nx = len(domain.x.starts_touching(patch, stride, 0, domain.x.stored_size))
+    return ny * nx
 
 
 def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
@@ -208,10 +239,8 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         if not s.denoised:
             continue
         D = plan.channels * s.patch * s.patch
-        steps = s.num_steps
-        if cfg.app == "reconstruct":  # inversion up to the noise level and back down
-            steps = 2 * max(1, round(cfg.noise_level * s.num_steps))
-        h, w = s.shape
+        steps = s.transitions
+        h, w = s.stored_shape
         halo = s.patch + 12  # patch reach + blend support, in pixels
         region_h = min(h, s.tile + 2 * halo) if s.tile else h
         region_w = min(w, s.tile + 2 * halo) if s.tile else w
@@ -240,7 +269,8 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
     if plan.store == "zarr":
         # Two float32 state buffers per scale and sample, the uint8 output (Zarr + PNG) and
         # the ANN indexes (projected vectors + ids).
-        state = sum(2 * plan.channels * s.shape[0] * s.shape[1] * 4 for s in plan.scales)
+        state = sum(2 * plan.channels * s.stored_shape[0] * s.stored_shape[1] * 4
+                    for s in plan.scales)
         h, w = plan.out_shape
         out = 2 * h * w * plan.channels
         index = sum(s.n_patches * (cfg.denoiser.pca_dim or 1) * 4 + s.n_patches * 8

@@ -1,0 +1,98 @@
+"""Outpainting: extend the input into a larger canvas (panoramas, more sky, more ground).
+
+The input sits at ``outpaint.offset`` (``[y, x]`` of its top-left corner in the canvas;
+default centred) in a canvas of ``output_size``. Its pixels are held at every step of every
+scale (see :mod:`gigasid.apps.known`) and come out bit-identical; everything around them is
+generated from the input's patches, continuing its structure across the border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gigasid.apps.base import App, JobView, ScaleProgram, uncond_program
+from gigasid.apps.known import held_init, hold_fn, hole_pyramid
+from gigasid.errors import ConfigError, InputError
+from gigasid.registry import register
+
+
+@dataclass
+class OutpaintSection:
+    offset: list | None = None  # [y, x] of the input's top-left corner; null = centred
+
+
+@dataclass
+class OutpaintConfig:
+    outpaint: OutpaintSection = field(default_factory=OutpaintSection)
+
+
+@register
+class Outpaint(App):
+    name = "outpaint"
+    Config = OutpaintConfig
+
+    def validate(self, cfg) -> None:
+        if cfg.output_size is None:
+            raise ConfigError("app 'outpaint' needs output_size: [height, width] of the "
+                              "canvas (larger than the input)")
+        off = cfg.app_config.outpaint.offset
+        if off is not None and (len(off) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in off)):
+            raise ConfigError(f"config key 'outpaint.offset' must be [y, x] in pixels or null; "
+                              f"got {off!r}")
+
+    def offset(self, cfg, ref_shape: tuple[int, int]) -> tuple[int, int]:
+        H, W = cfg.output_size
+        h, w = ref_shape
+        off = cfg.app_config.outpaint.offset
+        oy, ox = ((H - h) // 2, (W - w) // 2) if off is None else tuple(off)
+        if h > H or w > W:
+            raise InputError(f"the input ({w}x{h} px) is larger than the canvas output_size "
+                             f"[{H}, {W}]; make output_size larger than the input")
+        if oy < 0 or ox < 0 or oy + h > H or ox + w > W:
+            raise ConfigError(f"outpaint.offset [{oy}, {ox}] puts the {w}x{h} input outside "
+                              f"the [{H}, {W}] canvas; use 0 <= y <= {H - h} and "
+                              f"0 <= x <= {W - w}")
+        return oy, ox
+
+    def output_shape(self, cfg, ref_shapes):
+        self.offset(cfg, ref_shapes[0])  # refuse a bad placement before any work
+        return tuple(cfg.output_size)
+
+    def prepare(self, view: JobView) -> None:
+        ref = view.references[0][0]
+        H, W = view.plan.out_shape
+        h, w = ref.shape[1:]
+        oy, ox = self._offset = self.offset(_Cfg(view.plan.out_shape, view.settings), (h, w))
+        canvas = torch.zeros((ref.shape[0], H, W), dtype=torch.float32)
+        canvas[:, oy: oy + h, ox: ox + w] = ref.float()
+        hole = torch.ones((H, W), dtype=torch.bool)
+        hole[oy: oy + h, ox: ox + w] = False
+        shapes = [sp.shape for sp in view.plan.scales]
+        self.known = build_pyramid(canvas, shapes)
+        self.holes = hole_pyramid(hole, shapes)
+
+    def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
+        prog = uncond_program(view, scale, seed)
+        sch = view.schedule(scale)
+        prog.hold = hold_fn(self.known[scale], self.holes[scale], sch, seed, scale)
+        prog.init = held_init(prog.init, prog.hold, sch.num_steps)
+        return prog
+
+    def report(self, view: JobView, image) -> dict:
+        ref = (view.references[0][0].float() + 1.0) / 2.0
+        oy, ox = self._offset
+        h, w = ref.shape[1:]
+        inner = image[:, oy: oy + h, ox: ox + w]
+        err = (torch.round(inner * 255) - torch.round(ref * 255)).abs().max()
+        return {"input_region_max_error_255": float(err), "offset": [oy, ox]}
+
+
+@dataclass
+class _Cfg:
+    """The two config fields :meth:`Outpaint.offset` reads, rebuilt from a job view."""
+
+    output_size: tuple[int, int]
+    app_config: OutpaintConfig

@@ -1,0 +1,237 @@
+"""Build a job once: references, plan, per-scale contexts, datasets and their denoisers.
+
+Everything a sample needs that does not depend on its seed is made here and reused by
+every sample (and rebuilt once per worker process from the run directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gigasid import registry
+from gigasid.config import JobConfig
+from gigasid.core import patches as P
+from gigasid.core.denoisers import AnnSettings, make_denoiser
+from gigasid.core.domain import Domain
+from gigasid.core.image_denoiser import blend_low_shape
+from gigasid.core.pyramid import build_pyramid
+from gigasid.core.sampler import ScaleContext, ScaleProgram
+from gigasid.core.schedule import make_schedule
+from gigasid.engine.plan import JobPlan, make_plan
+from gigasid.engine.progress import Reporter
+from gigasid.engine.view import DatasetSpec, JobView
+from gigasid.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; refuse ``cuda`` without a GPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was requested but PyTorch sees no CUDA device; "
+                          "use device: auto or cpu")
+    return name
+
+
+def set_threads(n: int | None) -> int:
+    """Cap torch and FAISS threads (``None`` -> all cores) so they don't oversubscribe."""
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:  # pragma: no cover - faiss is a dependency
+        pass
+    return n
+
+
+@dataclass
+class Job:
+    """A job's resolved state, built once and reused by every sample."""
+
+    cfg: JobConfig
+    plan: JobPlan
+    app: object  # the application (see gigasid.apps.base.App)
+    view: JobView
+    setup_seconds: float = 0.0
+    input_sha256: str = ""
+
+    @property
+    def contexts(self) -> list[ScaleContext]:
+        return self.view.contexts
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """The main reference, ``(C, H, W)`` in ``[-1, 1]``."""
+        return self.view.references[0][0]
+
+    @property
+    def levels(self) -> list[torch.Tensor]:
+        return self.view.references[0]
+
+    def program(self, scale: int, seed: int) -> ScaleProgram:
+        return self.app.program(self.view, scale, seed)
+
+
+def get_app(name: str):
+    """A fresh instance of the application registered as ``name``."""
+    return registry.get(name)()
+
+
+def job_files(cfg: JobConfig, app=None) -> list[Path]:
+    """Every file a job reads: the references, then the application's extra inputs."""
+    app = app or get_app(cfg.app)
+    return cfg.input_paths() + list(app.input_files(cfg))
+
+
+def inputs_fingerprint(paths: list[Path]) -> str:
+    """One SHA-256 over every input file (a single file keeps its own digest)."""
+    from gigasid.io.images import file_fingerprint
+
+    digests = [file_fingerprint(p) for p in paths]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path | None,
+                     fingerprints: list[str]) -> list[list[torch.Tensor]]:
+    from gigasid.engine import reference as refmod
+    from gigasid.io.images import load_image
+
+    refs = []
+    for i, path in enumerate(cfg.input_paths()):
+        shapes = plan.ref_pyramids[i]
+        h, w = shapes[0]
+        on_disk = cfg.engine.reference == "disk" or (
+            cfg.engine.reference == "auto" and h * w > refmod.STREAM_MIN_PIXELS)
+        if on_disk and run_dir is None:
+            raise ConfigError("engine.reference: disk (or an input above "
+                              f"{refmod.STREAM_MIN_PIXELS // 2**20} MP) needs a run directory: "
+                              "use `gigasid run`")
+        if on_disk:
+            # Decoded in bands and resampled band by band into memory-mapped files: a
+            # reference larger than RAM never sits in this process (or in any worker).
+            folder = Path(run_dir) / "reference" / ("" if i == 0 else f"ref{i}")
+            refs.append(refmod.build_levels_on_disk(path, shapes, folder, fingerprints[i]))
+        else:
+            ref = (load_image(path) * 2.0 - 1.0).to(device)
+            refs.append(build_pyramid(ref, shapes))
+    return refs
+
+
+def _contexts(cfg: JobConfig, plan: JobPlan, channels: int, device: str) -> list[ScaleContext]:
+    out = []
+    domains = [Domain.make(sp.shape, tuple(sp.domain)) for sp in plan.scales]
+    for sp in plan.scales:
+        coarser = domains[sp.index + 1] if sp.index + 1 < plan.num_scales else None
+        low = (blend_low_shape(sp.shape, cfg.pyramid.relative_scale, cfg.pyramid.min_short_side)
+               if coarser else None)
+        out.append(ScaleContext(
+            scale=sp.index, domain=domains[sp.index], channels=channels, patch=sp.patch,
+            query_stride=sp.query_stride, window=P.fold_window(sp.patch, sp.fold_rho),
+            denoisers={}, schedule=make_schedule(cfg.schedule, sp.num_steps, cfg.sigma_min),
+            low_shape=low, coarser=coarser, device=device))
+    return out
+
+
+#: A dataset keeps at least this many patches: when excluding every window that overlaps
+#: the excluded region would leave fewer (a large hole on a small coarse level), windows
+#: that are at most 1/4, 1/2, ... excluded are let back in, and the job's log says so.
+MIN_DATASET_PATCHES = 64
+_RELAX = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def build_dataset(spec: DatasetSpec, scale: int, patch: int, stride: int, backend: str,
+                  device: str):
+    """The patch source of one dataset at one scale: a :class:`PatchGrid` (read by
+    position, for ANN) or an ``(N, D)`` matrix (exact backends), exclusions applied.
+
+    Returns ``(data, allowed)``: ``allowed`` is the largest excluded share a kept window
+    may hold (0 unless the exclusion had to be relaxed, see :data:`MIN_DATASET_PATCHES`).
+    """
+    images = spec.images[scale]
+    excl = spec.exclude.get(scale, [None] * len(images))
+    grids = [(P.patch_starts(im.shape[1], patch, stride), P.patch_starts(im.shape[2], patch,
+                                                                         stride))
+             for im in images]
+    fracs = [None if ex is None else P.window_hole_fraction(ex.cpu(), ys, xs, patch)
+             for ex, (ys, xs) in zip(excl, grids, strict=True)]
+    total = sum(len(ys) * len(xs) for ys, xs in grids)
+    for allowed in _RELAX:
+        masks = [None if f is None else (f > allowed if allowed else f > 0) for f in fracs]
+        n = total - sum(int(m.sum()) for m in masks if m is not None)
+        if n >= min(MIN_DATASET_PATCHES, total):
+            break
+    if backend == "ann":
+        data = P.PatchGrid([im.to(device) for im in images], patch, stride, masks)
+    else:
+        parts = []
+        for img, m, (ys, xs) in zip(images, masks, grids, strict=True):
+            y = P.extract(img.to(device), ys, xs, patch)
+            parts.append(y if m is None else y[~m.reshape(-1).to(y.device)])
+        data = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return data, allowed
+
+
+def prepare(cfg: JobConfig, reporter: Reporter | None = None,
+            run_dir: Path | None = None) -> Job:
+    """Load the references, plan the job, let the application prepare, build the datasets.
+
+    For a persistent (Zarr) run in ``run_dir``, ANN indexes are loaded from ``RUN/index``
+    (memory-mapped) when present and saved there when built, so a resumed run and every
+    worker process share one trained index per scale and dataset.
+    """
+    from gigasid.io.images import file_fingerprint, image_shape, load_image
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    set_threads(cfg.engine.threads)
+    app = get_app(cfg.app)
+    paths = cfg.input_paths()
+    extra = [Path(p) for p in app.input_files(cfg)]
+    for p in extra:
+        image_shape(p)  # a missing or unreadable file fails here, before any work
+    shapes = [image_shape(p) for p in paths]
+    fps = [file_fingerprint(p) for p in paths]
+    plan = make_plan(cfg, shapes, device, 3, app)
+    refs = _load_references(cfg, plan, device, run_dir, fps)
+    contexts = _contexts(cfg, plan, refs[0][0].shape[0], device)
+    view = JobView(settings=cfg.app_config, seed=cfg.seed, eta=cfg.eta,
+                   noise_level=cfg.noise_level, plan=plan, references=refs,
+                   contexts=contexts, inputs=paths, extra_inputs=extra,
+                   load_image=load_image, device=device)
+    app.prepare(view)
+    index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
+    compute = DTYPES[cfg.dtype]
+    d = cfg.denoiser
+    ann = AnnSettings(k=d.k, index=d.index, nlist=d.nlist, nprobe=d.nprobe, pq_m=d.pq_m,
+                      pca_dim=d.pca_dim, train_size=d.train_size, seed=cfg.seed)
+    for name, spec in app.datasets(view).items():
+        for s in sorted(spec.images):
+            sp = plan.scales[s]
+            data, allowed = build_dataset(spec, s, sp.patch, sp.dataset_stride, sp.backend,
+                                          device)
+            if allowed and reporter is not None:
+                reporter.event("dataset_relaxed", dataset=name, scale=s, max_excluded=allowed,
+                               reason=f"fewer than {MIN_DATASET_PATCHES} patches avoid the "
+                               "excluded region at this scale")
+            path = None
+            if index_dir is not None and sp.backend == "ann":
+                index_dir.mkdir(parents=True, exist_ok=True)
+                suffix = "" if name == "main" else f"-{name}"
+                path = str(index_dir / f"scale{s}{suffix}.faiss")
+            contexts[s].denoisers[name] = make_denoiser(sp.backend, data, compute, ann,
+                                                        index_path=path)
+    job = Job(cfg, plan, app, view, input_sha256=inputs_fingerprint(paths + extra))
+    job.setup_seconds = time.perf_counter() - t0
+    return job

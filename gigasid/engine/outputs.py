@@ -1,0 +1,92 @@
+"""A finished sample's outputs: PNG, the deep-zoom formats, provenance, the app's extras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gigasid.core.domain import read_window
+from gigasid.engine.job import Job
+
+
+def provenance(job: Job, sample: int) -> dict:
+    """What made this image: version, resolved config, seed and input fingerprint."""
+    from gigasid import __version__
+
+    return {"title": f"gigasid {job.cfg.app} - {job.cfg.name} - sample {sample}",
+            "gigasid": __version__, "app": job.cfg.app, "sample": sample,
+            "seed": job.cfg.seed + sample, "input": str(job.cfg.input_path()),
+            "inputs": [str(p) for p in job.view.inputs + job.view.extra_inputs],
+            "input_sha256": job.input_sha256, "config": job.cfg.to_dict(),
+            "domain": list(job.plan.scales[0].domain)}
+
+
+def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dict:
+    """Finished float state -> uint8 RGB -> PNG and the deep-zoom outputs of ``output.formats``.
+
+    Persistent runs convert tile by tile into ``out/image.zarr`` and every export streams
+    from it; in-memory runs convert the whole (small) image at once.
+    """
+    from gigasid.io import export
+    from gigasid.io.images import save_png, to_uint8
+
+    h, w = job.plan.out_shape
+    dom = job.contexts[0].domain
+
+    def read(y0, y1, x0, x1):  # full-image pixels of the finest scale (mirror halves reflected)
+        return read_window(lambda r: store.read(name, r), dom, (y0, y1, x0, x1))
+
+    fmts = list(job.cfg.output.formats)
+    dest = Path(out_dir) / "out"
+    if job.plan.num_samples > 1:
+        dest = dest / f"sample_{sample:03d}"
+    written: dict = {}
+    if store.persistent:
+        # uncompressed full-width bands: the exports map these chunk files in place (no
+        # decoding, no temporary copy); see export.create_image_zarr
+        image = export.write_image_zarr(
+            dest / "image.zarr", h, w,
+            lambda y0, y1, x0, x1: to_uint8((read(y0, y1, x0, x1) + 1.0) / 2.0),
+            tile=job.plan.scales[0].tile or 512)
+        written["zarr"] = str(dest / "image.zarr")
+    else:
+        image = to_uint8((read(0, h, 0, w) + 1.0) / 2.0)
+        if "zarr" in fmts:
+            written["zarr"] = str(export.export_zarr(image, dest / "image.zarr"))
+    prov = provenance(job, sample)
+    small = h * w <= PNG_MAX_PIXELS
+    if small:
+        import numpy as np
+        import torch
+
+        rgb = np.asarray(image[:])
+        # What the application measures on its result (PSNR, seam ratio, ...), on the
+        # 8-bit image a user gets; recorded in provenance and timings.json.
+        metrics = job.app.report(job.view, torch.from_numpy(rgb).permute(2, 0, 1).float()
+                                 / 255.0)
+        if metrics:
+            prov["metrics"] = metrics
+            written["metrics"] = metrics
+        extra = job.app.extra_outputs(job.view, rgb, dest)
+        written.update(extra)
+    if "png" in fmts:
+        png = Path(out_dir) / f"sample_{sample:03d}.png"
+        if not store.persistent:
+            written["png"] = str(save_png(image, png))
+        elif small:
+            written["png"] = str(export.export_png(image, png))
+    deep = [f for f in fmts if f in ("tiff", "dzi", "preview", "viewer")]
+    if deep:
+        o = job.cfg.output
+        opts = export.ExportOptions(
+            tile_size=o.tile_size, tiff_compression=o.tiff_compression, quality=o.quality,
+            dzi_tile_format=o.dzi_tile_format, dzi_container=o.dzi_container,
+            preview_long_side=o.preview_long_side)
+        files = export.export_all(image, dest, opts, prov, formats=deep, title=prov["title"])
+        written.update({k: str(v) for k, v in files.items()})
+    return written
+
+
+#: Largest output also written as PNG (the whole image is assembled in memory for it).
+PNG_MAX_PIXELS = 64 * 2**20
+
+

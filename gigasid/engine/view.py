@@ -1,0 +1,78 @@
+"""What an application sees of a job (:class:`JobView`) and how it describes its datasets
+(:class:`DatasetSpec`): the engine's side of the application interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gigasid.core.sampler import ScaleContext
+from gigasid.core.schedule import Schedule
+
+
+@dataclass
+class DatasetSpec:
+    """The reference patches of one named dataset, per scale.
+
+    Attributes
+    ----------
+    images:
+        ``{scale: [level, ...]}``: ``(C, h, w)`` images in ``[-1, 1]`` whose patches form
+        the dataset at that scale (several references are concatenated).
+    exclude:
+        ``{scale: [mask or None, ...]}`` parallel to ``images``: boolean ``(h, w)`` masks;
+        a window that overlaps a True pixel is left out of the dataset.
+    """
+
+    images: dict[int, list[torch.Tensor]]
+    exclude: dict[int, list[torch.Tensor | None]] = field(default_factory=dict)
+
+
+@dataclass
+class JobView:
+    """What an application sees of a job.
+
+    Attributes
+    ----------
+    settings:
+        The application's own config section (its ``Config`` dataclass), or None.
+    seed, eta, noise_level:
+        Common sampling settings.
+    plan:
+        The job's :class:`~gigasid.engine.plan.JobPlan` (scales finest first).
+    references:
+        ``references[i][s]``: reference ``i``'s pyramid level at scale ``s`` (``(C, h, w)``
+        in ``[-1, 1]``, possibly memory-mapped).
+    contexts:
+        Per-scale :class:`~gigasid.core.sampler.ScaleContext` (schedule, domain, ...). Its
+        ``denoisers`` are filled in after :meth:`App.datasets`.
+    inputs:
+        Paths of the reference images.
+    extra_inputs:
+        The paths :meth:`App.input_files` named (mask, structure image), resolved.
+    load_image:
+        ``load_image(path) -> (C, H, W)`` in ``[0, 1]``: reads an extra input (mask,
+        structure image) with the same error messages as the references.
+    """
+
+    settings: Any
+    seed: int
+    eta: float
+    noise_level: float
+    plan: Any
+    references: list[list[torch.Tensor]]
+    contexts: list[ScaleContext]
+    inputs: list[Path]
+    extra_inputs: list[Path]
+    load_image: Any
+    device: str = "cpu"
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.contexts)
+
+    def schedule(self, scale: int) -> Schedule:
+        return self.contexts[scale].schedule
