@@ -14,6 +14,7 @@ import torch
 
 from gigasid.apps.base import App, JobView, ScaleProgram, uncond_program
 from gigasid.apps.known import held_init, hold_fn, hole_pyramid
+from gigasid.core.pyramid import build_pyramid
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
 
