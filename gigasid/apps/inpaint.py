@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from gigasid.apps.base import App, DatasetSpec, JobView, ScaleProgram, uncond_program
-from gigasid.apps.known import held_init, hold_fn, hole_pyramid
+from gigasid.apps.base import App, DatasetSpec, JobView, ScaleProgram
+from gigasid.apps.known import excluded_mask, generated_mask, hole_shares, known_program
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
 
@@ -32,6 +32,9 @@ from gigasid.registry import register
 @dataclass
 class InpaintSection:
     hold_finest: bool = True  # false: ROI-conditioned generation (finest scale is free)
+    # Noise level the coarsest scale starts from, over a smooth fill of the hole from its
+    # surroundings (1.0: pure noise, as unconditional sampling).
+    start_noise: float = 0.8
 
 
 @dataclass
@@ -80,22 +83,20 @@ class Inpaint(App):
         if bool(hole.all()):
             raise InputError(f"mask {path} covers the whole input: nothing is left to learn "
                              "from (use app: uncond)")
-        self.holes = hole_pyramid(hole, [sp.shape for sp in view.plan.scales])
+        shares = hole_shares(hole, [sp.shape for sp in view.plan.scales])
+        self.holes = [generated_mask(sh, s == 0) for s, sh in enumerate(shares)]
+        self.excluded = [excluded_mask(sh) for sh in shares]
 
     def datasets(self, view: JobView) -> dict[str, DatasetSpec]:
         spec = super().datasets(view)["main"]
         for s, imgs in spec.images.items():
-            spec.exclude[s] = [self.holes[s]] + [None] * (len(imgs) - 1)
+            spec.exclude[s] = [self.excluded[s]] + [None] * (len(imgs) - 1)
         return {"main": spec}
 
     def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
-        prog = uncond_program(view, scale, seed)
-        if scale == 0 and not view.settings.inpaint.hold_finest:
-            return prog
-        sch = view.schedule(scale)
-        prog.hold = hold_fn(view.references[0][scale], self.holes[scale], sch, seed, scale)
-        prog.init = held_init(prog.init, prog.hold, sch.num_steps)
-        return prog
+        return known_program(view, scale, seed, view.references[0][scale], self.holes[scale],
+                             view.settings.inpaint.start_noise,
+                             hold=scale > 0 or view.settings.inpaint.hold_finest)
 
     def report(self, view: JobView, image) -> dict:
         ref = (view.references[0][0].float() + 1.0) / 2.0

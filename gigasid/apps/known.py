@@ -1,10 +1,15 @@
 """A known region held through sampling: shared by inpainting and outpainting.
 
 The canvas ``K`` (the image to keep) and the boolean ``hole`` (what to generate) are carried
-down the pyramid together: each level of ``K`` is resampled from the previous one, and a
-pixel of a coarser level counts as known only if the hole makes up less than
-:data:`HOLE_REACH` of its value (known pixels carry no visible hole content, and the hole
-does not swallow small coarse levels through the resampler's faint outer taps).
+down the pyramid together: each level of ``K`` is resampled from the previous one, and so is
+the hole's *share* of every pixel. Two masks follow from the share at each level:
+
+* what is generated: pixels that are mostly hole (share >= 1/2), so that each coarse level's
+  known region has the same footprint as the finest one. (Generating every pixel the hole
+  merely reaches would leave, at the next finer scale, a band where the coarse result was
+  invented but the fine pixels are kept: a low-frequency seam along the border.)
+* what the datasets leave out: windows that hold any pixel with a share above
+  :data:`HOLE_REACH`, so no reference patch carries visible hole content.
 
 After every step of every scale the known pixels are set to ``alpha_t K + sigma_t z`` (fresh
 counter-based noise): the generated region always sees context at its own noise level, and
@@ -24,16 +29,47 @@ from gigasid.core.schedule import Schedule
 HOLE_REACH = 0.02
 
 
-def hole_pyramid(hole: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """The hole at every level: the pixels that more than :data:`HOLE_REACH` of hole
-    content reaches (through the same level-by-level resampling as the pyramid)."""
-    levels = [hole.bool()]
-    share = hole.to(torch.float64)[None]
+def hole_shares(hole: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The hole's share of every pixel at every level (1 in the hole at the finest), carried
+    through the same level-by-level resampling as the pyramid."""
+    shares = [hole.to(torch.float64)]
     for shp in shapes[1:]:
-        # Absolute taps: the negative lobes of the cubic carry hole content too.
-        share = resize_in_bands(share, shp).abs().clamp(max=1.0)
-        levels.append(share[0] > HOLE_REACH)
-    return levels
+        # Absolute values: the negative lobes of the cubic carry hole content too.
+        shares.append(resize_in_bands(shares[-1][None], shp)[0].abs().clamp(max=1.0))
+    return shares
+
+
+def generated_mask(share: torch.Tensor, finest: bool) -> torch.Tensor:
+    """The pixels a level generates: the hole itself at the finest, mostly-hole ones above."""
+    return share > 0.5 if not finest else share > 0
+
+
+def excluded_mask(share: torch.Tensor) -> torch.Tensor:
+    """The pixels whose windows a dataset leaves out (any visible hole content)."""
+    return share > HOLE_REACH
+
+
+def smooth_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    """``image`` with its hole filled smoothly from the surrounding known pixels (push-pull:
+    masked averages on ever coarser grids, then filled back up, each level blurred)."""
+    import torch.nn.functional as F
+
+    x = image.to(torch.float32)[None]
+    w = (~hole).to(torch.float32)[None, None]
+    stack = []
+    while True:
+        stack.append((x, w))
+        if bool((w > 0).all()) or min(x.shape[-2:]) <= 1:
+            break
+        num = F.avg_pool2d(x * w, 2, ceil_mode=True)
+        den = F.avg_pool2d(w, 2, ceil_mode=True)
+        x = num / den.clamp(min=1e-8)
+        w = (den > 0).to(torch.float32)
+    filled = stack[-1][0]
+    for x, w in reversed(stack[:-1]):
+        up = F.interpolate(filled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        filled = torch.where(w > 0, x, up)
+    return filled[0]
 
 
 def hold_fn(known: torch.Tensor, hole: torch.Tensor, schedule: Schedule, seed: int,
@@ -41,14 +77,15 @@ def hold_fn(known: torch.Tensor, hole: torch.Tensor, schedule: Schedule, seed: i
     """``x <- alpha_t K + sigma_t z`` on the known pixels of a region, after a step to t."""
     c = known.shape[0]
 
-    def hold(region, t: int, x: torch.Tensor) -> torch.Tensor:
+    def hold(region, tr, x: torch.Tensor) -> torch.Tensor:
         y0, y1, x0, x1 = region
+        t = tr.t_to
         keep = ~hole[y0:y1, x0:x1].to(x.device)
         k = known[:, y0:y1, x0:x1].to(x.device, torch.float32)
         a, s = schedule.alphas[t], schedule.sigmas[t]
         if s > 0:
-            z = noise.gaussian_region(seed, scale, t, c, region, noise.STREAM_HOLD,
-                                      device=x.device)
+            z = noise.gaussian_region(seed, scale, t + 100_000 * tr.visit, c, region,
+                                      noise.STREAM_HOLD, device=x.device)
             k = a * k + s * z
         return torch.where(keep, k, x)
 
@@ -57,8 +94,51 @@ def hold_fn(known: torch.Tensor, hole: torch.Tensor, schedule: Schedule, seed: i
 
 def held_init(init: InitFn, hold: HoldFn, t: int) -> InitFn:
     """An initial state at step ``t`` with the known pixels held."""
+    from gigasid.core.sampler import Transition
+
+    at = Transition(t, t)
 
     def start(region) -> torch.Tensor:
-        return hold(region, t, init(region))
+        return hold(region, at, init(region))
 
     return start
+
+
+def known_program(view, scale: int, seed: int, known: torch.Tensor, hole: torch.Tensor,
+                  start_noise: float, hold: bool = True):
+    """The program of one scale with a held known region.
+
+    Every scale samples like ``uncond`` with the known pixels held after each step. The
+    coarsest scale does not start from pure noise: at the noise level ``start_noise`` it
+    starts from a smooth fill of the hole (``alpha K_fill + sigma z``), so the colours and
+    the large shapes of the fill come from the hole's surroundings instead of from the
+    dataset's mean, which is what the first, noisiest steps of a denoiser return.
+    """
+    from gigasid.apps.base import ScaleProgram, noise_init, uncond_program, warm_init
+    from gigasid.core.sampler import sampling_transitions
+
+    sch = view.schedule(scale)
+    coarsest = scale == view.num_scales - 1
+    fn = hold_fn(known, hole, sch, seed, scale) if hold else None
+    if coarsest and start_noise < 1.0:
+        t0 = sch.index_for_noise_level(start_noise)
+        fill = smooth_fill(known, hole)
+        a, s = sch.alphas[t0], sch.sigmas[t0]
+        base = noise_init(seed, scale, sch, known.shape[0], view.device)
+        T = sch.sigmas[sch.num_steps]
+
+        def init(region):
+            y0, y1, x0, x1 = region
+            z = base(region) / T  # the unit noise of the initial state
+            return a * fill[:, y0:y1, x0:x1].to(z.device) + s * z
+
+        prog = ScaleProgram(init=init, transitions=sampling_transitions(
+            sch.num_steps, view.eta, blend=False, start=t0))
+        del warm_init
+    else:
+        prog = uncond_program(view, scale, seed)
+        t0 = sch.num_steps
+    if fn is not None:
+        prog.hold = fn
+        prog.init = held_init(prog.init, fn, t0)
+    return prog

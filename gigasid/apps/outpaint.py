@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gigasid.apps.base import App, JobView, ScaleProgram, uncond_program
-from gigasid.apps.known import held_init, hold_fn, hole_pyramid
+from gigasid.apps.known import generated_mask, held_init, hold_fn, hole_shares
 from gigasid.core.pyramid import build_pyramid
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
@@ -73,7 +73,8 @@ class Outpaint(App):
         hole[oy: oy + h, ox: ox + w] = False
         shapes = [sp.shape for sp in view.plan.scales]
         self.known = build_pyramid(canvas, shapes)
-        self.holes = hole_pyramid(hole, shapes)
+        self.holes = [generated_mask(sh, s == 0)
+                      for s, sh in enumerate(hole_shares(hole, shapes))]
 
     def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
         prog = uncond_program(view, scale, seed)

@@ -65,6 +65,9 @@ def _source_mean(src, block: int = 16384) -> torch.Tensor:
 
 #: The exact backend re-scores its k best candidates per query from direct differences.
 REFINE_K = 8
+#: Query batches are padded to at least this many rows before a float32 GEMM (see
+#: :meth:`AnnDenoiser._project_queries`).
+MIN_GEMM_ROWS = 64
 
 
 def _rows_per_chunk(n: int, budget_bytes: int, bytes_per_entry: int = 8) -> int:
@@ -291,14 +294,54 @@ class AnnDenoiser:
         return ((v - self.mu) @ self.proj).contiguous()
 
     def _project_queries(self, x: torch.Tensor, alpha: float) -> np.ndarray:
-        """``P(x / alpha - mu)`` as one GEMM: ``(x @ V) / alpha - mu @ V``."""
+        """``P(x / alpha - mu)`` as one GEMM: ``(x @ V) / alpha - mu @ V``.
+
+        A float32 GEMM rounds differently for batches of a few rows (as at a tile's edge)
+        than for large ones, which could flip a near-tied candidate: small batches are
+        padded to :data:`MIN_GEMM_ROWS` rows, so every row takes the same kernel path.
+        """
         x = x.to(torch.float32)
         if self.proj is None:
             return (x / alpha).cpu().numpy()
         if not hasattr(self, "_mu_proj"):
             self._mu_proj = self.mu @ self.proj
+        m = x.shape[0]
+        if m < MIN_GEMM_ROWS:
+            x = torch.cat([x, x.new_zeros(MIN_GEMM_ROWS - m, x.shape[1])])
         q = torch.addmm(self._mu_proj, x, self.proj, beta=-1.0, alpha=1.0 / alpha)
-        return q.cpu().numpy()
+        return q[:m].contiguous().cpu().numpy()
+
+    def _coarse(self, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``nprobe`` nearest IVF lists of each query, independent of the batch.
+
+        FAISS's own coarse search switches to expanded-GEMM distances for large batches,
+        whose rounding depends on the batch size: near-tied centroids then flip, and a tile
+        probes other lists than the whole image would. Here that search only shortlists
+        ``nprobe + 4`` centroids, and the shortlist is ranked by direct distances computed
+        pair by pair (the same trick as the exact backend's re-scoring).
+        """
+        if not hasattr(self, "_cent"):
+            nl = self.index.nlist
+            self._cent = torch.from_numpy(self.index.quantizer.reconstruct_n(0, nl))
+        qt = torch.from_numpy(q)
+        m = min(self._cent.shape[0], nprobe + 4)
+        short = torch.from_numpy(self.index.quantizer.search(q, m)[1])
+        short = short.sort(dim=1).values  # ties below then resolve by list number
+        diff = qt[:, None, :] - self._cent[short]
+        exact = torch.linalg.vecdot(diff, diff)
+        order = torch.sort(exact, dim=1, stable=True).indices[:, :nprobe]
+        return short.gather(1, order).numpy(), exact.gather(1, order).numpy()
+
+    def _search(self, q: np.ndarray, nprobe: int | None) -> np.ndarray:
+        if nprobe is None:  # a flat index: exhaustive search
+            return self.index.search(q, self.k)[1]
+        lists, dists = self._coarse(q, nprobe)
+        # search_preassigned reads nprobe from the index (it takes no search parameters)
+        self.index.nprobe = nprobe
+        try:
+            return self.index.search_preassigned(q, self.k, lists, dists)[1]
+        finally:
+            self.index.nprobe = self.settings.nprobe
 
     def search(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
         """Indices ``(M, k)`` of the candidates for queries ``x`` at signal level ``alpha``.
@@ -307,16 +350,17 @@ class AnnDenoiser:
         4x the lists (up to all of them) instead of failing.
         """
         q = self._project_queries(x, alpha)
-        _, idx = self.index.search(q, self.k)
         nprobe = getattr(self.index, "nprobe", None)
+        if nprobe is not None:
+            nprobe = min(nprobe, self.index.nlist)
+        idx = self._search(q, nprobe)
         while nprobe is not None and (idx < 0).any():
             nlist = self.index.nlist
             if nprobe >= nlist:
                 break
             nprobe = min(nlist, nprobe * 4)
             rows = np.nonzero((idx < 0).any(axis=1))[0]
-            params = self._faiss.SearchParametersIVF(nprobe=nprobe)
-            _, idx[rows] = self.index.search(q[rows], self.k, params=params)
+            idx[rows] = self._search(np.ascontiguousarray(q[rows]), nprobe)
         if (idx < 0).any():
             raise GigasidError(
                 f"ANN search returned fewer than k={self.k} neighbours for some queries; "

@@ -28,8 +28,9 @@ from gigasid.core.schedule import Schedule, implied_noise, step
 Region = tuple[int, int, int, int]
 #: ``init(region) -> (C, h, w)``: a scale's initial state on a stored region.
 InitFn = Callable[[Region], torch.Tensor]
-#: ``hold(region, t, x) -> x``: after a step to ``t``, put back what is known on ``region``.
-HoldFn = Callable[[Region, int, torch.Tensor], torch.Tensor]
+#: ``hold(region, transition, x) -> x``: after a step (to ``transition.t_to``), put back what
+#: is known on ``region``.
+HoldFn = Callable[[Region, "Transition", torch.Tensor], torch.Tensor]
 #: ``estimate(region, x_hat) -> x_hat``: post-process the clean estimate on a region (the
 #: hook must be local: a pixel's output may depend on that pixel's input only).
 EstimateFn = Callable[[Region, torch.Tensor], torch.Tensor]
@@ -38,13 +39,23 @@ EstimateFn = Callable[[Region, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class Transition:
     """Move from step ``t_from`` to ``t_to`` with a given eta, blending or not, using the
-    denoiser of dataset ``dataset``."""
+    denoiser of dataset ``dataset``.
+
+    ``visit`` tells repeated visits of the same step apart (e.g. resampling, which goes back
+    and forth between two steps): each visit draws its own noise.
+    """
 
     t_from: int
     t_to: int
     eta: float = 0.0
     blend: bool = False
     dataset: str = "main"
+    visit: int = 0
+
+    @property
+    def noise_step(self) -> int:
+        """The step counter of this transition's noise (distinct for every visit)."""
+        return self.t_from + 100_000 * self.visit
 
 
 @dataclass
@@ -186,11 +197,11 @@ def sample(contexts: list[ScaleContext], programs: list[ScaleProgram], seed: int
                 x_hat = blend_image(x_hat, coarser, dom, ctx.low_shape, ctx.coarser)
             z = None
             if tr.eta > 0 and s2 > 0:
-                z = dom.expand(noise_mod.gaussian_region(seed, s, tr.t_from, ctx.channels,
+                z = dom.expand(noise_mod.gaussian_region(seed, s, tr.noise_step, ctx.channels,
                                                          whole, noise_mod.STREAM_STEP))
             x = step(x_hat, eps, a2, s2, tr.eta, z)
             if prog.hold is not None:
-                x = dom.expand(prog.hold(whole, tr.t_to, dom.fold_in(x)))
+                x = dom.expand(prog.hold(whole, tr, dom.fold_in(x)))
         coarser = x
     return coarser
 

@@ -80,11 +80,11 @@ def run_transition(ctx: ScaleContext, program: ScaleProgram, tr: Transition, reg
                                       ctx.low_shape, ctx.coarser, region)
     z = None
     if tr.eta > 0 and s2 > 0:
-        z = noise.gaussian_region(seed, ctx.scale, tr.t_from, ctx.channels, region,
+        z = noise.gaussian_region(seed, ctx.scale, tr.noise_step, ctx.channels, region,
                                   noise.STREAM_STEP, device=ctx.device)
     out = step(x_hat_r, eps, a2, s2, tr.eta, z)
     if program.hold is not None:
-        out = program.hold(region, tr.t_to, out)
+        out = program.hold(region, tr, out)
     return out
 
 
