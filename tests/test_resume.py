@@ -145,3 +145,68 @@ def test_disk_full_mid_run_then_resume(tiny_fs, tmp_path, job_args):
     ref_dir = tmp_path / "ref"
     assert run_cli("run", *job_args, "--out", ref_dir, "--quiet").returncode == 0
     assert np.array_equal(_result(tiny_fs / "run")[0], _result(ref_dir)[0])
+
+
+@pytest.fixture
+def app_files(photo_file, tmp_path):
+    """A reference, an inpainting mask and a structure image for every application."""
+    from gigasid.io.images import save_png
+
+    ref = photo_file((64, 64))
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[20:40, 18:44] = 255
+    save_png(mask, tmp_path / "mask.png")
+    photo_file((64, 80), "structure.png")
+    return ref, tmp_path
+
+
+APP_ARGS = {
+    "tileable": ["app=tileable", "tiling.direction=both"],
+    "symmetric": ["app=symmetric", "symmetry.axis=both", "output_size=[70,90]"],
+    "inpaint": ["app=inpaint", "mask={d}/mask.png"],
+    "outpaint": ["app=outpaint", "output_size=[80,112]"],
+    "analogy": ["app=analogy", "structure={d}/structure.png", "sigma_min=0.01",
+                "pyramid.num_scales=2"],
+    "multi": ["input=[{ref},{d}/structure.png]", "output_size=[72,72]"],
+}
+
+
+@pytest.mark.parametrize("app", list(APP_ARGS))
+def test_every_app_resumes_after_kill_with_identical_bytes(tmp_path, app_files, app):
+    ref, d = app_files
+    args = [REPO / "configs" / "demo.yaml", f"input={ref}", "num_samples=1", "patch_size=7",
+            "num_steps=4", "eta=0.5", "pyramid.min_short_side=14", "engine.store=zarr",
+            "engine.tile_size=24", *[a.format(d=d, ref=ref) for a in APP_ARGS[app]]]
+    whole = tmp_path / "whole"
+    r = run_cli("run", *args, "--out", whole, "--quiet")
+    assert r.returncode == 0, r.stderr
+    total = _markers(whole)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gigasid", "run", *map(str, args),
+                             "--out", str(killed), "--quiet"])
+    deadline = time.time() + 120
+    while proc.poll() is None and _markers(killed) < total // 2 and time.time() < deadline:
+        time.sleep(0.005)
+    was_killed = proc.poll() is None
+    if was_killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert was_killed, "the job finished before it could be killed"
+    r = run_cli("run", *args, "--out", killed, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert _result(killed)[1] == _result(whole)[1]
+    st = run_cli("status", killed)
+    assert "sample 0: done" in st.stdout and "finished" in st.stdout
+
+
+def test_status_of_a_finished_in_memory_run(tmp_path, photo_file):
+    ref = photo_file((48, 48))
+    run_dir = tmp_path / "run"
+    r = run_cli("run", REPO / "configs" / "demo.yaml", f"input={ref}", "num_samples=2",
+                "patch_size=7", "num_steps=2", "pyramid.min_short_side=14", "--out", run_dir,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    st = run_cli("status", run_dir)
+    assert st.returncode == 0
+    assert "sample 0: done" in st.stdout and "sample 1: done" in st.stdout
+    assert "in progress" not in st.stdout and "finished" in st.stdout

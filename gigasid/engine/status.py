@@ -41,8 +41,11 @@ def run_status(run_dir: Path) -> str:
         else set()
     steps = {e["scale"]: e["num_transitions"] for e in events if e.get("event") == "scale_start"}
     total_tiles = done_tiles = 0
+    # In-memory runs leave no markers: their log says which samples were written.
+    logged = {e.get("sample") for e in events if e.get("event") in ("sample_done",
+                                                                   "sample_skipped")}
     for i in range(plan["num_samples"]):
-        written = f"x{i}-written" in marks
+        written = f"x{i}-written" in marks or i in logged
         lines.append(f"sample {i}: {'done' if written else 'in progress'}")
         if written:
             continue
@@ -66,6 +69,9 @@ def run_status(run_dir: Path) -> str:
         eta = rate * (total_tiles - done_tiles)
         lines.append(f"measured {rate:.2f} s per tile; about {eta / 60:.1f} min of tile work "
                      "left (tiles differ in cost between scales)")
+    if any(e.get("event") == "job_done" for e in events) and all(
+            f"x{i}-written" in marks or i in logged for i in range(plan["num_samples"])):
+        lines.append("finished: every sample is written")
     if last:
         ago = time.time() - last.get("time", time.time())
         lines.append(f"last event: {last.get('event')} {ago:.0f} s ago")
