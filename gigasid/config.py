@@ -315,12 +315,17 @@ def _build_job(data: dict) -> JobConfig:
         if key not in own:
             other = [k for k in owners if k == key or k.startswith(f"{key}.")]
             if other:
-                raise ConfigError(f"config key '{key}' is a setting of app "
-                                  f"'{owners[other[0]]}', not of app '{cfg.app}'; remove it "
-                                  f"or set app: {owners[other[0]]}")
+                # e.g. a tileable preset run with app=uncond to compare: say so, go on
+                import logging
+
+                logging.getLogger("gigasid").warning(
+                    "config key '%s' is a setting of app '%s'; app '%s' ignores it", key,
+                    owners[other[0]], cfg.app)
+                continue
             raise _unknown(str(key), all_keys())
     if cls is not None:
-        cfg.app_config = _build(cls, rest, keys=_schema_keys(cls))
+        cfg.app_config = _build(cls, {k: v for k, v in rest.items() if k in own},
+                                keys=_schema_keys(cls))
     return cfg
 
 

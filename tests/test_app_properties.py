@@ -211,7 +211,6 @@ def test_analogy_follows_the_structure_with_the_style_patches(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["app=symmetric", "symmetry.axis=diagonal"], "symmetry.axis"),
     (["app=tileable", "tiling.direction=sideways"], "tiling.direction"),
-    (["tiling.direction=both"], "setting of app 'tileable'"),
     (["app=inpaint"], "needs mask"),
     (["app=inpaint", "mask={bad_mask}"], "same size"),
     (["app=inpaint", "mask={missing}"], "not found"),
