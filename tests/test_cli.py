@@ -147,3 +147,41 @@ def test_export_and_view_commands(tmp_path, small_ref):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_uncond_preset_shows_every_common_key():
+    """configs/uncond.yaml promises to show every key with its default."""
+    import yaml
+
+    from gigasid.config import COMMON_KEYS, JobConfig
+
+    def flat(d, p=""):
+        return [k for key, v in d.items()
+                for k in (flat(v, f"{p}{key}.") if isinstance(v, dict) else [p + key])]
+
+    doc = yaml.safe_load((REPO / "configs" / "uncond.yaml").read_text())
+    assert sorted(flat(doc)) == sorted(COMMON_KEYS)
+    defaults = JobConfig().to_dict()
+    for key in ("seed", "patch_size", "num_steps", "eta", "fold_rho", "noise_level"):
+        assert doc[key] == defaults[key], key
+
+
+def test_every_app_has_a_preset_that_loads():
+    from gigasid import registry
+    from gigasid.config import load_config
+
+    for name in registry.apps():
+        path = REPO / "configs" / f"{name}.yaml"
+        assert path.is_file(), f"no preset for app {name}"
+        assert load_config(path).app == name
+
+
+def test_reconstruct_writes_its_psnr_to_timings(tmp_path, photo_file):
+    import json
+
+    ref = photo_file((48, 48))
+    r = run_cli("run", REPO / "configs" / "reconstruct.yaml", f"input={ref}", "patch_size=7",
+                "num_steps=8", "--out", tmp_path / "run", "--quiet")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "run" / "timings.json").read_text())["metrics"]
+    assert metrics[0]["psnr_db"] > 25
