@@ -97,9 +97,15 @@ class Axis:
 
         Returns ``(a, b, index)``: compute on ``[a, b)``, then ``index`` (local, into
         ``[a, b)``) picks each pixel's value; ``None`` means ``[a, b) == [lo, hi)``. On a
-        plane or torus a pixel is computed where it is (a torus is translation invariant);
-        on a mirror axis a pixel of the trailing half takes its reflection's value.
+        plane a pixel is computed where it is; on a mirror axis a pixel of the trailing half
+        takes its reflection's value; on a torus a range that goes all the way round is
+        computed once over ``[0, size)`` (a shorter one where it is: the torus is
+        translation invariant, and computing across the wrap avoids a split).
         """
+        if self.kind == "torus":
+            if hi - lo < self.size:
+                return lo, hi, None
+            return 0, self.size, self.stored(torch.arange(lo, hi, dtype=torch.int64))
         if self.kind != "mirror" or hi <= self.stored_size:
             return lo, hi, None
         idx = self.stored(torch.arange(lo, hi, dtype=torch.int64))

@@ -35,6 +35,24 @@ def _coverage_1d(starts: torch.Tensor, g: torch.Tensor, lo: int, hi: int) -> tor
     return cov
 
 
+def _distinct(starts: torch.Tensor, axis) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Indices of the first of each distinct (wrapped) window, and where every window's
+    copy sits among them (None when all are distinct)."""
+    if axis.kind != "torus":
+        return torch.arange(len(starts)), None
+    wrapped = axis.stored(starts)
+    uniq, inverse = torch.unique(wrapped, return_inverse=True)
+    if len(uniq) == len(starts):
+        return torch.arange(len(starts)), None
+    first = torch.full((len(uniq),), len(starts), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(len(starts)), reduce="amin")
+    # keep the distinct windows in the order of their first appearance
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return first[order], rank[inverse]
+
+
 def denoise_region(
     x: torch.Tensor,
     origin: tuple[int, int],
@@ -93,16 +111,36 @@ def denoise_region(
     w2 = (g[:, None] * g[None, :]).to(torch.float32)
     wflat = w2.expand(c, patch, patch).reshape(-1)
     num = torch.zeros((c, sy1 - sy0, sx1 - sx0), dtype=torch.float32, device=x.device)
-    # Chunks of patch rows on a grid of `band` pixel rows fixed by the scale's width.
+    # Chunks of patch rows on a grid of `band` pixel rows fixed by the scale's width (on a
+    # torus, by the wrapped start, so that a pixel computed across the wrap or not gets its
+    # contributions in the same order); consecutive runs of one chunk id form one call.
     per_row = len(domain.x.patch_grid(patch, stride))
     band = max(1, chunk_patches // per_row) * stride
-    chunk_id = torch.div(ys, band, rounding_mode="floor")
-    xs_local = xs - ox
-    for cid in torch.unique_consecutive(chunk_id).tolist():
-        yc = ys[chunk_id == cid]
-        q = P.extract(x, yc - oy, xs_local, patch)
-        est = denoiser(q, alpha, sigma).to(torch.float32)
-        est.mul_(wflat.to(est.device))
+    chunk_id = torch.div(domain.y.stored(ys) if domain.y.kind == "torus" else ys, band,
+                         rounding_mode="floor")
+    edges = [0, *(torch.nonzero(chunk_id[1:] != chunk_id[:-1]).flatten() + 1).tolist(),
+             len(ys)]
+    # On a torus a window that crosses the wrap can appear twice (at s and s - size) when a
+    # region reaches all the way round: each distinct window is denoised once (the denoiser
+    # is batch invariant, so the copies get the same bits) and folded at both places.
+    x_first, x_copy = _distinct(xs, domain.x)
+    xs_local = xs[x_first] - ox
+    done: dict[tuple, torch.Tensor] = {}
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        yc = ys[a:b]
+        key = tuple(domain.y.stored(yc).tolist())
+        y_first, y_copy = _distinct(yc, domain.y)
+        if key not in done:
+            q = P.extract(x, yc[y_first] - oy, xs_local, patch)
+            est = denoiser(q, alpha, sigma).to(torch.float32)
+            est.mul_(wflat.to(est.device))
+            done[key] = est.view(len(y_first), len(x_first), -1)
+        est = done[key]
+        if y_copy is not None:
+            est = est.index_select(0, y_copy.to(est.device))
+        if x_copy is not None:
+            est = est.index_select(1, x_copy.to(est.device))
+        est = est.reshape(-1, est.shape[2])
         P.fold(est, yc - sy0, xs - sx0, patch, c, out=num)
     # The normaliser is separable because the window and the grid are.
     cy = _coverage_1d(ys, g, y0, y1)
