@@ -1,8 +1,8 @@
-"""Make ``docs/apps.png``: every application's preset, input(s) next to the result.
+"""Make ``docs/apps.jpg``: every application's preset, input(s) next to the result.
 
 Usage::
 
-    python tools/make_gallery.py [--runs runs/gallery] [--out docs/apps.png]
+    python tools/make_gallery.py [--runs runs/gallery] [--out docs/apps.jpg]
 
 Each preset runs once (``num_samples=1``) through the CLI, exactly as a user would run it.
 """
@@ -90,7 +90,7 @@ def main() -> None:
         sheet.paste(r, (0, y))
         y += r.height + 10
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(a.out, optimize=True)
+    sheet.save(a.out, quality=85, optimize=True)
     print(f"wrote {a.out} ({sheet.width}x{sheet.height})")
 
 
