@@ -114,7 +114,7 @@ def known_program(view, scale: int, seed: int, known: torch.Tensor, hole: torch.
     the large shapes of the fill come from the hole's surroundings instead of from the
     dataset's mean, which is what the first, noisiest steps of a denoiser return.
     """
-    from gigasid.apps.base import ScaleProgram, noise_init, uncond_program, warm_init
+    from gigasid.apps.base import ScaleProgram, uncond_program
     from gigasid.core.sampler import sampling_transitions
 
     sch = view.schedule(scale)
@@ -124,17 +124,15 @@ def known_program(view, scale: int, seed: int, known: torch.Tensor, hole: torch.
         t0 = sch.index_for_noise_level(start_noise)
         fill = smooth_fill(known, hole)
         a, s = sch.alphas[t0], sch.sigmas[t0]
-        base = noise_init(seed, scale, sch, known.shape[0], view.device)
-        T = sch.sigmas[sch.num_steps]
 
         def init(region):
             y0, y1, x0, x1 = region
-            z = base(region) / T  # the unit noise of the initial state
+            z = noise.gaussian_region(seed, scale, t0, known.shape[0], region,
+                                      noise.STREAM_INIT, device=view.device)
             return a * fill[:, y0:y1, x0:x1].to(z.device) + s * z
 
         prog = ScaleProgram(init=init, transitions=sampling_transitions(
             sch.num_steps, view.eta, blend=False, start=t0))
-        del warm_init
     else:
         prog = uncond_program(view, scale, seed)
         t0 = sch.num_steps

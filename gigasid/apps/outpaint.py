@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gigasid.apps.base import App, JobView, ScaleProgram, uncond_program
-from gigasid.apps.known import generated_mask, held_init, hold_fn, hole_shares
+from gigasid.apps.base import App, JobView, ScaleProgram
+from gigasid.apps.known import generated_mask, hole_shares, known_program
 from gigasid.core.pyramid import build_pyramid
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
@@ -27,6 +27,23 @@ class OutpaintSection:
 @dataclass
 class OutpaintConfig:
     outpaint: OutpaintSection = field(default_factory=OutpaintSection)
+
+
+def placement(canvas: tuple[int, int], ref_shape: tuple[int, int],
+              offset: list | None) -> tuple[int, int]:
+    """Where the input's top-left corner sits in the canvas (centred when ``offset`` is
+    None); refuses a canvas smaller than the input or an input that leaves the canvas."""
+    H, W = canvas
+    h, w = ref_shape
+    if h > H or w > W:
+        raise InputError(f"the input ({w}x{h} px) is larger than the canvas output_size "
+                         f"[{H}, {W}]; make output_size larger than the input")
+    oy, ox = ((H - h) // 2, (W - w) // 2) if offset is None else tuple(offset)
+    if oy < 0 or ox < 0 or oy + h > H or ox + w > W:
+        raise ConfigError(f"outpaint.offset [{oy}, {ox}] puts the {w}x{h} input outside "
+                          f"the [{H}, {W}] canvas; use 0 <= y <= {H - h} and "
+                          f"0 <= x <= {W - w}")
+    return oy, ox
 
 
 @register
@@ -45,18 +62,7 @@ class Outpaint(App):
                               f"got {off!r}")
 
     def offset(self, cfg, ref_shape: tuple[int, int]) -> tuple[int, int]:
-        H, W = cfg.output_size
-        h, w = ref_shape
-        off = cfg.app_config.outpaint.offset
-        oy, ox = ((H - h) // 2, (W - w) // 2) if off is None else tuple(off)
-        if h > H or w > W:
-            raise InputError(f"the input ({w}x{h} px) is larger than the canvas output_size "
-                             f"[{H}, {W}]; make output_size larger than the input")
-        if oy < 0 or ox < 0 or oy + h > H or ox + w > W:
-            raise ConfigError(f"outpaint.offset [{oy}, {ox}] puts the {w}x{h} input outside "
-                              f"the [{H}, {W}] canvas; use 0 <= y <= {H - h} and "
-                              f"0 <= x <= {W - w}")
-        return oy, ox
+        return placement(tuple(cfg.output_size), ref_shape, cfg.app_config.outpaint.offset)
 
     def output_shape(self, cfg, ref_shapes):
         self.offset(cfg, ref_shapes[0])  # refuse a bad placement before any work
@@ -66,7 +72,8 @@ class Outpaint(App):
         ref = view.references[0][0]
         H, W = view.plan.out_shape
         h, w = ref.shape[1:]
-        oy, ox = self._offset = self.offset(_Cfg(view.plan.out_shape, view.settings), (h, w))
+        oy, ox = self._offset = placement(view.plan.out_shape, (h, w),
+                                          view.settings.outpaint.offset)
         canvas = torch.zeros((ref.shape[0], H, W), dtype=torch.float32)
         canvas[:, oy: oy + h, ox: ox + w] = ref.float()
         hole = torch.ones((H, W), dtype=torch.bool)
@@ -77,11 +84,8 @@ class Outpaint(App):
                       for s, sh in enumerate(hole_shares(hole, shapes))]
 
     def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
-        prog = uncond_program(view, scale, seed)
-        sch = view.schedule(scale)
-        prog.hold = hold_fn(self.known[scale], self.holes[scale], sch, seed, scale)
-        prog.init = held_init(prog.init, prog.hold, sch.num_steps)
-        return prog
+        # from pure noise: the canvas beyond the input has no surroundings to fill from
+        return known_program(view, scale, seed, self.known[scale], self.holes[scale], 1.0)
 
     def report(self, view: JobView, image) -> dict:
         ref = (view.references[0][0].float() + 1.0) / 2.0
@@ -92,9 +96,3 @@ class Outpaint(App):
         return {"input_region_max_error_255": float(err), "offset": [oy, ox]}
 
 
-@dataclass
-class _Cfg:
-    """The two config fields :meth:`Outpaint.offset` reads, rebuilt from a job view."""
-
-    output_size: tuple[int, int]
-    app_config: OutpaintConfig
