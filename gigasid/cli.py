@@ -76,7 +76,7 @@ def run(
     import yaml
 
     from gigasid.config import dump_yaml, load_config
-    from gigasid.engine.job import inputs_fingerprint, job_files
+    from gigasid.engine.job import check_input_files, get_app, inputs_fingerprint, job_files
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
@@ -84,9 +84,10 @@ def run(
 
     cfg = load_config(config, overrides or [])
     out = out or Path("runs") / cfg.name
-    files = job_files(cfg)
-    for f in files:
+    for f in cfg.input_paths():
         image_shape(f)  # a missing or unreadable file -> InputError with the full message
+    check_input_files(get_app(cfg.app).input_files(cfg))
+    files = job_files(cfg)
     inp = files[0]
     input_sha = inputs_fingerprint(files)
     fingerprint = _fingerprint(cfg, input_sha)

@@ -65,14 +65,14 @@ class Analogy(App):
             raise ConfigError(f"analogy.output_short_side must be at least patch_size "
                               f"({cfg.patch_size}); got {L}")
 
-    def input_files(self, cfg) -> list[Path]:
-        return [cfg.resolve_path(cfg.app_config.structure)]
+    def input_files(self, cfg) -> dict[str, Path]:
+        return {"structure": cfg.resolve_path(cfg.app_config.structure)}
 
     def output_shape(self, cfg, ref_shapes):
         from gigasid.io.images import image_shape
 
         L = cfg.app_config.analogy.output_short_side or min(ref_shapes[0])
-        return structure_shape(image_shape(self.input_files(cfg)[0]), L)
+        return structure_shape(image_shape(self.input_files(cfg)["structure"]), L)
 
     def transitions_per_scale(self, cfg, scale: int, num_steps: int) -> int:
         return num_steps  # the coarsest runs about the same: up to the level and back

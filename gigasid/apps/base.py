@@ -85,10 +85,10 @@ class App:
     def validate(self, cfg) -> None:
         """Refuse settings that cannot work, with a message that says what to change."""
 
-    def input_files(self, cfg) -> list[Path]:
-        """Extra files the job reads (masks, structure images): fingerprinted for resume and
-        checked before any work."""
-        return []
+    def input_files(self, cfg) -> dict[str, Path]:
+        """Extra files the job reads, by config key (``{"mask": path}``): fingerprinted for
+        resume and checked before any work."""
+        return {}
 
     def output_shape(self, cfg, ref_shapes: list[tuple[int, int]]) -> tuple[int, int]:
         """Full-resolution output ``(H, W)``."""

@@ -62,8 +62,8 @@ class Inpaint(App):
             raise ConfigError("app 'inpaint' needs mask: PATH (an image of the input's size "
                               "whose white pixels are regenerated)")
 
-    def input_files(self, cfg) -> list[Path]:
-        return [cfg.resolve_path(cfg.app_config.mask)]
+    def input_files(self, cfg) -> dict[str, Path]:
+        return {"mask": cfg.resolve_path(cfg.app_config.mask)}
 
     def output_shape(self, cfg, ref_shapes):
         if cfg.output_size and tuple(cfg.output_size) != tuple(ref_shapes[0]):

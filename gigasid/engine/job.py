@@ -26,7 +26,7 @@ from gigasid.core.schedule import make_schedule
 from gigasid.engine.plan import JobPlan, make_plan
 from gigasid.engine.progress import Reporter
 from gigasid.engine.view import DatasetSpec, JobView
-from gigasid.errors import ConfigError
+from gigasid.errors import ConfigError, InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -90,7 +90,18 @@ def get_app(name: str):
 def job_files(cfg: JobConfig, app=None) -> list[Path]:
     """Every file a job reads: the references, then the application's extra inputs."""
     app = app or get_app(cfg.app)
-    return cfg.input_paths() + list(app.input_files(cfg))
+    return cfg.input_paths() + list(app.input_files(cfg).values())
+
+
+def check_input_files(named: dict[str, Path]) -> None:
+    """Refuse missing or unreadable extra inputs, naming the config key that points there."""
+    from gigasid.io.images import image_shape
+
+    for key, path in named.items():
+        if not Path(path).is_file():
+            raise InputError(f"{key}: file not found: {path} (relative paths are resolved "
+                             "against the config file's folder)")
+        image_shape(path)  # an unreadable file fails here, before any work
 
 
 def inputs_fingerprint(paths: list[Path]) -> str:
@@ -198,9 +209,9 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     set_threads(cfg.engine.threads)
     app = get_app(cfg.app)
     paths = cfg.input_paths()
-    extra = [Path(p) for p in app.input_files(cfg)]
-    for p in extra:
-        image_shape(p)  # a missing or unreadable file fails here, before any work
+    named = app.input_files(cfg)
+    check_input_files(named)
+    extra = [Path(p) for p in named.values()]
     shapes = [image_shape(p) for p in paths]
     fps = [file_fingerprint(p) for p in paths]
     plan = make_plan(cfg, shapes, device, 3, app)

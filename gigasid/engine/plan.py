@@ -201,7 +201,9 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
         dom = Domain.make(out_shapes[s], kinds)
         stride = qstr[s]
         if stride == "auto":
-            stride = 2 if _queries(dom, P, 1) > STRIDE2_MIN_QUERIES[dev] else 1
+            # by the size of the whole image (a mirror domain computes half of it with the
+            # stride the same image gets on a plane)
+            stride = 2 if _count(out_shapes[s], P, 1) > STRIDE2_MIN_QUERIES[dev] else 1
         m = _queries(dom, P, stride) if denoised else 0
         backend = backends[s]
         if backend == "auto":
