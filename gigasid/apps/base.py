@@ -62,6 +62,13 @@ def warm_init(image: torch.Tensor, seed: int, scale: int, schedule: Schedule,
     return init
 
 
+def axis_kinds(which: str, kind: str) -> tuple[str, str]:
+    """Domain kinds ``(y, x)`` for ``which`` = ``horizontal`` (along the width: the x axis),
+    ``vertical`` (the y axis) or ``both``; the other axis stays a plane."""
+    return (kind if which in ("both", "vertical") else "plane",
+            kind if which in ("both", "horizontal") else "plane")
+
+
 def uncond_program(view: JobView, scale: int, seed: int) -> ScaleProgram:
     """Noise, then the usual sampling steps (blended below the coarsest scale)."""
     ctx = view.contexts[scale]
@@ -129,6 +136,6 @@ class App:
         return {}
 
 
-__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "Transition",
+__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "Transition", "axis_kinds",
            "inversion_transitions", "noise_init", "sampling_transitions", "tensor_init",
            "uncond_program", "warm_init"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gigasid.apps.base import App, JobView
+from gigasid.apps.base import App, JobView, axis_kinds
 from gigasid.config import check_choice
 from gigasid.registry import register
 
@@ -40,9 +40,7 @@ class Symmetric(App):
         check_choice("symmetry.axis", cfg.app_config.symmetry.axis, AXES)
 
     def domain(self, cfg) -> tuple[str, str]:
-        a = cfg.app_config.symmetry.axis
-        return ("mirror" if a in ("vertical", "both") else "plane",
-                "mirror" if a in ("horizontal", "both") else "plane")
+        return axis_kinds(cfg.app_config.symmetry.axis, "mirror")
 
     def report(self, view: JobView, image) -> dict:
         from gigasid.metrics import mirror_asymmetry

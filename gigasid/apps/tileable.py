@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gigasid.apps.base import App, JobView
+from gigasid.apps.base import App, JobView, axis_kinds
 from gigasid.config import check_choice
 from gigasid.registry import register
 
@@ -44,9 +44,7 @@ class Tileable(App):
         check_choice("tiling.direction", cfg.app_config.tiling.direction, DIRECTIONS)
 
     def domain(self, cfg) -> tuple[str, str]:
-        d = cfg.app_config.tiling.direction
-        return ("torus" if d in ("both", "vertical") else "plane",
-                "torus" if d in ("both", "horizontal") else "plane")
+        return axis_kinds(cfg.app_config.tiling.direction, "torus")
 
     def report(self, view: JobView, image) -> dict:
         from gigasid.metrics import seam_error, seam_ratio
