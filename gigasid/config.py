@@ -352,9 +352,6 @@ def _check_range(key: str, value: float, lo: float | None = None, hi: float | No
         raise ConfigError(f"config key '{key}' must be {rng}; got {value}")
 
 
-check_range = _check_range
-
-
 def _per_scale_items(key: str, value: Any) -> list:
     return list(value) if isinstance(value, list) else [value]
 

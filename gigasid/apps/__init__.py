@@ -19,12 +19,4 @@ from gigasid.apps import (  # noqa: F401  (each module registers its application
 )
 from gigasid.apps.base import App, DatasetSpec, JobView, ScaleProgram
 
-
-def get_app(name: str) -> App:
-    """Instantiate the application registered under ``name``."""
-    from gigasid import registry
-
-    return registry.get(name)()
-
-
-__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "get_app"]
+__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram"]

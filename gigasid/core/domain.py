@@ -135,10 +135,6 @@ class Domain:
         return (self.y.stored_size, self.x.stored_size)
 
     @property
-    def kinds(self) -> tuple[str, str]:
-        return (self.y.kind, self.x.kind)
-
-    @property
     def wraps(self) -> tuple[bool, bool]:
         return (self.y.kind == "torus", self.x.kind == "torus")
 

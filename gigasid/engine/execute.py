@@ -199,15 +199,14 @@ def sample_once(job: Job, seed: int, reporter: Reporter | None = None,
 
     store = MemoryStore()
     name = generate(job, store, seed, sample, reporter or Reporter())
-    return (whole_image(job, store, name) + 1.0) / 2.0
+    h, w = job.plan.out_shape
+    return (read_finest(job, store, name, (0, h, 0, w)) + 1.0) / 2.0
 
 
-def whole_image(job: Job, store, name: str) -> torch.Tensor:
-    """The finest scale's full image ``(C, H, W)`` from its stored part (mirror halves
-    reflected)."""
-    dom = job.contexts[0].domain
-    h, w = dom.shape
-    return read_window(lambda r: store.read(name, r), dom, (0, h, 0, w))
+def read_finest(job: Job, store, name: str, win) -> torch.Tensor:
+    """Full-image window ``win`` of the finest scale's result ``name`` (mirror halves
+    reflected from the stored part)."""
+    return read_window(lambda r: store.read(name, r), job.contexts[0].domain, win)
 
 
 def make_executor(cfg: JobConfig, run_dir: Path | None = None):

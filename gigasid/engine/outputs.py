@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gigasid.core.domain import read_window
+from gigasid.engine.execute import read_finest
 from gigasid.engine.job import Job
 
 
@@ -30,10 +30,9 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dic
     from gigasid.io.images import save_png, to_uint8
 
     h, w = job.plan.out_shape
-    dom = job.contexts[0].domain
 
-    def read(y0, y1, x0, x1):  # full-image pixels of the finest scale (mirror halves reflected)
-        return read_window(lambda r: store.read(name, r), dom, (y0, y1, x0, x1))
+    def read(y0, y1, x0, x1):
+        return read_finest(job, store, name, (y0, y1, x0, x1))
 
     fmts = list(job.cfg.output.formats)
     dest = Path(out_dir) / "out"

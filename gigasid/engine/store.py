@@ -46,9 +46,6 @@ class MemoryStore:
         y0, y1, x0, x1 = region
         self.arrays[name][:, y0:y1, x0:x1] = value.to("cpu", torch.float32)
 
-    def whole(self, name: str) -> torch.Tensor:
-        return self.arrays[name]
-
     def drop(self, prefix: str) -> None:
         with self.lock:
             for k in [k for k in self.arrays if k.startswith(prefix)]:
@@ -140,10 +137,6 @@ class ZarrStore:
             self._arr(name)[:, y0:y1, x0:x1] = value.to("cpu", torch.float32).numpy()
         except OSError as exc:
             _disk_guard(exc, self.root)
-
-    def whole(self, name: str) -> torch.Tensor:
-        a = self._arr(name)
-        return self.read(name, (0, a.shape[1], 0, a.shape[2]))
 
     def drop(self, prefix: str) -> None:  # keep everything on disk: it is the resume state
         pass
