@@ -75,8 +75,15 @@ def run(
     """Run a job: generate images into the run directory."""
     import yaml
 
+    from gigasid.codecs import make_codec
     from gigasid.config import dump_yaml, load_config
-    from gigasid.engine.job import check_input_files, get_app, inputs_fingerprint, job_files
+    from gigasid.engine.job import (
+        check_input_files,
+        get_app,
+        inputs_fingerprint,
+        job_files,
+        resolve_device,
+    )
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
@@ -87,6 +94,9 @@ def run(
     for f in cfg.input_paths():
         image_shape(f)  # a missing or unreadable file -> InputError with the full message
     check_input_files(get_app(cfg.app).input_files(cfg))
+    # A missing, gated or corrupt VAE stops the run here, before the run directory is
+    # touched (the loaded model is cached for the job).
+    make_codec(cfg, resolve_device(cfg.device))
     files = job_files(cfg)
     inp = files[0]
     input_sha = inputs_fingerprint(files)
@@ -182,6 +192,7 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from gigasid.codecs import make_codec
     from gigasid.config import load_config
     from gigasid.engine.plan import make_plan
     from gigasid.engine.runner import resolve_device
@@ -191,9 +202,11 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     shapes = [image_shape(f) for f in cfg.input_paths()]
     shape = shapes[0]
     device = resolve_device(cfg.device)
-    p = make_plan(cfg, shapes, device)
-    t = Table(title=f"{cfg.app}: {shape[1]}x{shape[0]} -> {p.out_shape[1]}x{p.out_shape[0]} px "
-                    f"on {device} ({cfg.dtype})")
+    codec = make_codec(cfg, device, load=False)
+    p = make_plan(cfg, shapes, device, codec=codec)
+    space = "px" if codec.factor == 1 else f"latent px ({codec.channels} ch, x{codec.factor})"
+    t = Table(title=f"{cfg.app}: {shape[1]}x{shape[0]} -> {p.pixel_shape[1]}x{p.pixel_shape[0]} "
+                    f"px on {device} ({cfg.dtype}); scales in {space}")
     for col in ("scale", "reference", "output", "patches N", "queries M", "backend", "steps",
                 "stride", "rho", "est. time", "est. memory"):
         t.add_column(col, justify="right")
@@ -207,6 +220,15 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     con.print(t)
     con.print(f"estimated: setup {p.est_setup_seconds:.1f} s, {p.est_sample_seconds:.1f} s per "
               f"sample x {p.num_samples}, peak memory {p.est_peak_bytes / 2**20:.0f} MiB")
+    if codec.factor > 1:
+        enc = sum((c[1] - c[0]) * (c[3] - c[2]) for c in p.crops)
+        est = codec.estimate(enc, p.pixel_shape[0] * p.pixel_shape[1] * p.num_samples, device)
+        con.print(f"codec: {codec.kind} '{cfg.latent.vae}' ({codec.src.folder}), "
+                  f"{codec.channels} ch, factor {codec.factor}, tiles {codec.tile} + halo "
+                  f"{codec.halo} latent px; inputs centre-cropped to multiples of "
+                  f"{codec.pixel_multiple} px; est. encode {est['encode_seconds']:.1f} s, "
+                  f"decode {est['decode_seconds']:.1f} s, VAE memory "
+                  f"{est['peak_bytes'] / 2**20:.0f} MiB")
 
 
 @app.command()

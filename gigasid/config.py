@@ -70,6 +70,19 @@ class OutputConfig:
 
 
 @dataclass
+class LatentConfig:
+    """Run the sampler on VAE latents (spec §8) instead of pixels."""
+
+    enabled: bool = False
+    vae: str = "black-forest-labs/FLUX.1-schnell"
+    subfolder: Union[str, None] = "vae"  # noqa: UP007
+    dtype: str = "auto"
+    tile: int = 64
+    halo: int = 8
+    stats_pixels: int = 1048576
+
+
+@dataclass
 class JobConfig:
     app: str = "uncond"
     input: Union[str, list] = ""  # noqa: UP007
@@ -91,6 +104,7 @@ class JobConfig:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     # Where the config was loaded from; relative input paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -450,7 +464,17 @@ def validate(cfg: JobConfig) -> None:
     _check_range("output.quality", o.quality, 1, 100)
     _check_choice("output.dzi_tile_format", o.dzi_tile_format, ("jpg", "png", "webp"))
     _check_choice("output.dzi_container", o.dzi_container, ("fs", "zip"))
-    apps[cfg.app]().validate(cfg)
+    lt = cfg.latent
+    _check_choice("latent.dtype", lt.dtype, ("auto", "float32", "bfloat16", "float16"))
+    _check_range("latent.tile", lt.tile, 8, 4096)
+    _check_range("latent.halo", lt.halo, 0, 256)
+    _check_range("latent.stats_pixels", lt.stats_pixels, 4096, None)
+    app = apps[cfg.app]()
+    if lt.enabled and not getattr(app, "latent", True):
+        raise ConfigError(f"app '{cfg.app}' runs in pixel space only (latent.enabled: true is "
+                          f"not supported: {getattr(app, 'latent_reason', 'see the README')}); "
+                          "set latent.enabled: false")
+    app.validate(cfg)
 
 
 def per_scale(value: Any, num_scales: int, key: str) -> list:

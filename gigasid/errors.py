@@ -15,3 +15,7 @@ class InputError(GigasidError):
 
 class RunDirError(GigasidError):
     """The run directory cannot be used (changed config on resume, not writable, ...)."""
+
+
+class ModelError(GigasidError):
+    """Model weights (a VAE, CLIP) are missing, gated, corrupt or of an unsupported kind."""

@@ -78,7 +78,7 @@ class Analogy(App):
         return num_steps  # the coarsest runs about the same: up to the level and back
 
     def prepare(self, view: JobView) -> None:
-        img = view.load_image(view.extra_inputs[0]) * 2.0 - 1.0
+        img = view.load_reference(view.extra_inputs[0])  # encoded like the references
         shapes = [sp.shape for sp in view.plan.scales]
         self.structure = build_pyramid(resize(img, shapes[0]), shapes)
 

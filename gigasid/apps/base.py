@@ -87,6 +87,10 @@ class App:
 
     name = "uncond"
     Config: type | None = None
+    #: whether the app runs on a latent codec (``latent.enabled``); ``latent_reason`` says
+    #: why not
+    latent = True
+    latent_reason = ""
 
     # ---- config time (no images) --------------------------------------------------------
     def validate(self, cfg) -> None:

@@ -56,6 +56,8 @@ def mask_to_hole(mask: torch.Tensor) -> torch.Tensor:
 class Inpaint(App):
     name = "inpaint"
     Config = InpaintConfig
+    latent = False
+    latent_reason = "pixels outside the generated region stay identical to the input"
 
     def validate(self, cfg) -> None:
         if not cfg.app_config.mask:

@@ -50,6 +50,8 @@ def placement(canvas: tuple[int, int], ref_shape: tuple[int, int],
 class Outpaint(App):
     name = "outpaint"
     Config = OutpaintConfig
+    latent = False
+    latent_reason = "pixels outside the generated region stay identical to the input"
 
     def validate(self, cfg) -> None:
         if cfg.output_size is None:

@@ -45,5 +45,5 @@ class Reconstruct(App):
     def report(self, view: JobView, image) -> dict:
         from gigasid.metrics import psnr
 
-        ref = (view.references[0][0].float() + 1.0) / 2.0
+        ref = view.input_image(0)  # the pixels that were encoded
         return {"psnr_db": round(psnr(image.clamp(0, 1), ref.clamp(0, 1)), 3)}

@@ -198,15 +198,22 @@ def sample_once(job: Job, seed: int, reporter: Reporter | None = None,
     from gigasid.engine.store import MemoryStore
 
     store = MemoryStore()
-    name = generate(job, store, seed, sample, reporter or Reporter())
-    h, w = job.plan.out_shape
-    return (read_finest(job, store, name, (0, h, 0, w)) + 1.0) / 2.0
+    reporter = reporter or Reporter()
+    name = generate(job, store, seed, sample, reporter)
+    h, w = job.plan.pixel_shape
+    return (pixel_reader(job, store, name, reporter)((0, h, 0, w)) + 1.0) / 2.0
 
 
 def read_finest(job: Job, store, name: str, win) -> torch.Tensor:
-    """Full-image window ``win`` of the finest scale's result ``name`` (mirror halves
-    reflected from the stored part)."""
+    """Full-image window ``win`` of the finest scale's result ``name`` in the sampler's
+    space (mirror halves reflected from the stored part)."""
     return read_window(lambda r: store.read(name, r), job.contexts[0].domain, win)
+
+
+def pixel_reader(job: Job, store, name: str, reporter: Reporter | None = None):
+    """``read(full_pixel_window) -> (3, h, w)`` in ``[-1, 1]`` of the finished result
+    ``name``: the codec's streamed decode (the identity for pixel jobs)."""
+    return job.codec.decoder(lambda r: store.read(name, r), job.contexts[0].domain, reporter)
 
 
 def make_executor(cfg: JobConfig, run_dir: Path | None = None):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from gigasid import registry
+from gigasid.codecs import make_codec
 from gigasid.config import JobConfig
 from gigasid.core import patches as P
 from gigasid.core.denoisers import AnnSettings, make_denoiser
@@ -64,6 +65,7 @@ class Job:
     view: JobView
     setup_seconds: float = 0.0
     input_sha256: str = ""
+    codec: object = None  # gigasid.codecs: pixel identity or a VAE
 
     @property
     def contexts(self) -> list[ScaleContext]:
@@ -114,8 +116,40 @@ def inputs_fingerprint(paths: list[Path]) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
+def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str,
+                 reporter: Reporter | None = None, name: str = "ref") -> torch.Tensor:
+    """An image file in the codec's space: ``(C, h, w)``, cropped to ``crop``.
+
+    A latent encoding of a persistent run is cached in ``RUN/latent`` (keyed by the file's
+    and the codec's fingerprints), so a resumed run and every worker process reuse it.
+    """
+    from gigasid.io.images import load_image
+
+    cache = None
+    if run_dir is not None and codec.factor > 1:
+        cache = Path(run_dir) / "latent" / f"{name}-{fingerprint[:16]}-{codec.fingerprint()}.pt"
+        if cache.is_file():
+            return torch.load(cache, weights_only=True)
+    y0, y1, x0, x1 = crop
+    pixels = load_image(path)[:, y0:y1, x0:x1] * 2.0 - 1.0
+    if codec.factor == 1:
+        return pixels
+    t0 = time.perf_counter()
+    z = codec.encode(pixels, reporter).contiguous()
+    if reporter is not None:
+        reporter.event("encoded", input=str(path), shape=list(z.shape),
+                       seconds=round(time.perf_counter() - t0, 3))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(z, tmp)
+        os.replace(tmp, cache)  # a killed write never leaves a truncated cache
+    return z
+
+
 def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path | None,
-                     fingerprints: list[str]) -> list[list[torch.Tensor]]:
+                     fingerprints: list[str], codec=None,
+                     reporter: Reporter | None = None) -> list[list[torch.Tensor]]:
     from gigasid.engine import reference as refmod
     from gigasid.io.images import load_image
 
@@ -123,6 +157,11 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
     for i, path in enumerate(cfg.input_paths()):
         shapes = plan.ref_pyramids[i]
         h, w = shapes[0]
+        if codec is not None and codec.factor > 1:
+            z = encode_image(codec, path, plan.crops[i], run_dir, fingerprints[i], reporter,
+                             f"ref{i}")
+            refs.append(build_pyramid(z.to(device), shapes))
+            continue
         on_disk = cfg.engine.reference == "disk" or (
             cfg.engine.reference == "auto" and h * w > refmod.STREAM_MIN_PIXELS)
         if on_disk and run_dir is None:
@@ -214,13 +253,27 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     extra = [Path(p) for p in named.values()]
     shapes = [image_shape(p) for p in paths]
     fps = [file_fingerprint(p) for p in paths]
-    plan = make_plan(cfg, shapes, device, 3, app)
-    refs = _load_references(cfg, plan, device, run_dir, fps)
+    codec = make_codec(cfg, device)
+    plan = make_plan(cfg, shapes, device, 3, app, codec)
+    refs = _load_references(cfg, plan, device, run_dir, fps, codec, reporter)
+
+    def load_reference(path: Path) -> torch.Tensor:
+        # an extra image that plays a reference's part (analogy's structure): cropped and
+        # encoded like the references
+        crop = codec.crop_box(image_shape(path))
+        return encode_image(codec, Path(path), crop, run_dir, file_fingerprint(path),
+                            reporter, "extra")
+
+    def input_image(i: int) -> torch.Tensor:
+        y0, y1, x0, x1 = plan.crops[i]
+        return load_image(paths[i])[:, y0:y1, x0:x1]
+
     contexts = _contexts(cfg, plan, refs[0][0].shape[0], device)
     view = JobView(settings=cfg.app_config, seed=cfg.seed, eta=cfg.eta,
                    noise_level=cfg.noise_level, plan=plan, references=refs,
                    contexts=contexts, inputs=paths, extra_inputs=extra,
-                   load_image=load_image, device=device)
+                   load_image=load_image, device=device, load_reference=load_reference,
+                   input_image=input_image)
     app.prepare(view)
     index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
     compute = DTYPES[cfg.dtype]
@@ -243,6 +296,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
                 path = str(index_dir / f"scale{s}{suffix}.faiss")
             contexts[s].denoisers[name] = make_denoiser(sp.backend, data, compute, ann,
                                                         index_path=path)
-    job = Job(cfg, plan, app, view, input_sha256=inputs_fingerprint(paths + extra))
+    job = Job(cfg, plan, app, view, input_sha256=inputs_fingerprint(paths + extra),
+              codec=codec)
     job.setup_seconds = time.perf_counter() - t0
     return job

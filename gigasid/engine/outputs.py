@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gigasid.engine.execute import read_finest
+from gigasid.engine.execute import pixel_reader
 from gigasid.engine.job import Job
 
 
@@ -17,10 +17,12 @@ def provenance(job: Job, sample: int) -> dict:
             "seed": job.cfg.seed + sample, "input": str(job.cfg.input_path()),
             "inputs": [str(p) for p in job.view.inputs + job.view.extra_inputs],
             "input_sha256": job.input_sha256, "config": job.cfg.to_dict(),
-            "domain": list(job.plan.scales[0].domain)}
+            "domain": list(job.plan.scales[0].domain), "codec": job.plan.codec,
+            "input_crops": [list(c) for c in job.plan.crops]}
 
 
-def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dict:
+def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
+                  reporter=None) -> dict:
     """Finished float state -> uint8 RGB -> PNG and the deep-zoom outputs of ``output.formats``.
 
     Persistent runs convert tile by tile into ``out/image.zarr`` and every export streams
@@ -29,10 +31,11 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dic
     from gigasid.io import export
     from gigasid.io.images import save_png, to_uint8
 
-    h, w = job.plan.out_shape
+    h, w = job.plan.pixel_shape
+    decode = pixel_reader(job, store, name, reporter)
 
     def read(y0, y1, x0, x1):
-        return read_finest(job, store, name, (y0, y1, x0, x1))
+        return decode((y0, y1, x0, x1))
 
     fmts = list(job.cfg.output.formats)
     dest = Path(out_dir) / "out"
@@ -45,7 +48,7 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dic
         image = export.write_image_zarr(
             dest / "image.zarr", h, w,
             lambda y0, y1, x0, x1: to_uint8((read(y0, y1, x0, x1) + 1.0) / 2.0),
-            tile=job.plan.scales[0].tile or 512)
+            tile=_read_tile(job))
         written["zarr"] = str(dest / "image.zarr")
     else:
         image = to_uint8((read(0, h, 0, w) + 1.0) / 2.0)
@@ -83,6 +86,14 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int) -> dic
         files = export.export_all(image, dest, opts, prov, formats=deep, title=prov["title"])
         written.update({k: str(v) for k, v in files.items()})
     return written
+
+
+def _read_tile(job: Job) -> int:
+    """Side of the regions the output is read in: the codec's decode tiles (each decoded
+    once), else the finest scale's tiles."""
+    if job.codec is not None and job.codec.factor > 1:
+        return job.codec.tile * job.codec.factor
+    return job.plan.scales[0].tile or 512
 
 
 #: Largest output also written as PNG (the whole image is assembled in memory for it).

@@ -78,6 +78,12 @@ class JobPlan:
     ref_pyramids: list = field(default_factory=list)  # per reference, its shape per scale
     est_setup_seconds: float = 0.0
     est_disk_bytes: int = 0
+    #: the output image in pixels (``out_shape`` times the codec's factor)
+    pixel_shape: tuple[int, int] = (0, 0)
+    #: the codec the sampler runs in (``{"name": "pixel", ...}`` or the VAE's description)
+    codec: dict = field(default_factory=lambda: {"name": "pixel", "factor": 1})
+    #: per reference, the centred crop ``(y0, y1, x0, x1)`` of its pixels that is encoded
+    crops: list = field(default_factory=list)
 
     @property
     def num_scales(self) -> int:
@@ -125,23 +131,35 @@ def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int]) -> int:
 
 
 def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3,
-              app=None) -> JobPlan:
+              app=None, codec=None) -> JobPlan:
     """Resolve every ``auto`` and per-scale field into a :class:`JobPlan`.
 
-    ``ref_shapes`` is the ``(H, W)`` of each reference (one shape is accepted too). The
-    application (``app``, default: the one ``cfg.app`` names) supplies the output shape,
-    the pinned scales, the domain and the number of transitions per scale.
+    ``ref_shapes`` is the pixel ``(H, W)`` of each reference (one shape is accepted too).
+    The application (``app``, default: the one ``cfg.app`` names) supplies the output shape,
+    the pinned scales, the domain and the number of transitions per scale. With a latent
+    ``codec`` the references are cropped to its pixel multiple and every shape of the plan
+    is in latent pixels (``pixel_shape`` is the output image's size).
     Raises :class:`InputError` when an image is too small for the patch size.
     """
     from gigasid import registry
+    from gigasid.codecs import PixelCodec
     from gigasid.core.domain import Domain
 
     if ref_shapes and isinstance(ref_shapes[0], int):
         ref_shapes = [tuple(ref_shapes)]
-    ref_shapes = [tuple(r) for r in ref_shapes]
+    codec = codec or PixelCodec()
+    crops = [codec.crop_box(tuple(r)) for r in ref_shapes]
+    for r, c in zip(ref_shapes, crops, strict=True):
+        if c[1] <= c[0] or c[3] <= c[2]:
+            raise InputError(f"the input is {r[1]}x{r[0]} px, smaller than the VAE's pixel "
+                             f"multiple ({codec.pixel_multiple} px)")
+    pixel_refs = [(c[1] - c[0], c[3] - c[2]) for c in crops]
+    ref_shapes = [codec.model_shape(r) for r in pixel_refs]
     app = app or registry.get(cfg.app)()
     P = cfg.patch_size
-    out_shape = tuple(app.output_shape(cfg, ref_shapes))
+    pixel_out = tuple(app.output_shape(cfg, pixel_refs))
+    out_shape = tuple(codec.output_model_shape(pixel_out))
+    channels = codec.channels if codec.factor > 1 else channels
     mss = cfg.pyramid.min_short_side
     for r in ref_shapes:
         if min(r) < P:
@@ -171,7 +189,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
     backends = per_scale(cfg.denoiser.backend, S, "denoiser.backend")
     store = cfg.engine.store
     if store == "auto":
-        big = out_shape[0] * out_shape[1] > ZARR_MIN_PIXELS
+        big = pixel_out[0] * pixel_out[1] > ZARR_MIN_PIXELS  # the output image decides
         store = "zarr" if big or cfg.engine.scheduler != "sync" else "memory"
     tile = cfg.engine.tile_size or (DEFAULT_ZARR_TILE if store == "zarr" else 0)
     dev = "cuda" if device.startswith("cuda") else "cpu"
@@ -220,7 +238,8 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
     plan = JobPlan(app=cfg.app, channels=channels, ref_shape=ref_shapes[0],
                    out_shape=out_shape, device=dev, dtype=cfg.dtype,
                    num_samples=cfg.num_samples, scales=scales, store=store,
-                   ref_pyramids=ref_pyr)
+                   ref_pyramids=ref_pyr, crops=crops, codec=codec.describe(),
+                   pixel_shape=(out_shape[0] * codec.factor, out_shape[1] * codec.factor))
     _estimate(plan, cfg)
     return plan
 
@@ -273,8 +292,8 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         # the ANN indexes (projected vectors + ids).
         state = sum(2 * plan.channels * s.stored_shape[0] * s.stored_shape[1] * 4
                     for s in plan.scales)
-        h, w = plan.out_shape
-        out = 2 * h * w * plan.channels
+        h, w = plan.pixel_shape
+        out = 2 * h * w * 3
         index = sum(s.n_patches * (cfg.denoiser.pca_dim or 1) * 4 + s.n_patches * 8
                     for s in plan.scales if s.backend == "ann")
         plan.est_disk_bytes = int(plan.num_samples * (state + out) + index)

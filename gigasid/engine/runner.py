@@ -35,7 +35,7 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
     else:
         store = MemoryStore()
     work_total = plan.est_sample_seconds * plan.num_samples
-    reporter.event("job_start", app=cfg.app, out_shape=plan.out_shape,
+    reporter.event("job_start", app=cfg.app, out_shape=plan.pixel_shape,
                    num_scales=plan.num_scales, num_samples=plan.num_samples,
                    work_total=work_total, store=plan.store)
     outputs, sample_seconds = [], []
@@ -51,7 +51,7 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
                 continue
             repair_state(job, store, i, reporter)
             name = generate(job, store, cfg.seed + i, i, reporter, executor)
-            written = write_outputs(job, store, name, Path(out_dir), i)
+            written = write_outputs(job, store, name, Path(out_dir), i, reporter)
             store.mark(done_key)
             store.drop(f"x{i}/")
             dt = time.perf_counter() - t0

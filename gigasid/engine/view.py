@@ -56,6 +56,12 @@ class JobView:
     load_image:
         ``load_image(path) -> (C, H, W)`` in ``[0, 1]``: reads an extra input (mask,
         structure image) with the same error messages as the references.
+    load_reference:
+        ``load_reference(path) -> (C, h, w)``: an extra image in the sampler's space, cropped
+        and encoded like the references (pixels in ``[-1, 1]``, or VAE latents).
+    input_image:
+        ``input_image(i) -> (3, H, W)`` in ``[0, 1]``: reference ``i``'s pixels as encoded
+        (centre-cropped to the codec's pixel multiple), for metrics against the output.
     """
 
     settings: Any
@@ -69,6 +75,8 @@ class JobView:
     extra_inputs: list[Path]
     load_image: Any
     device: str = "cpu"
+    load_reference: Any = None
+    input_image: Any = None
 
     @property
     def num_scales(self) -> int:
