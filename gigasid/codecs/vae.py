@@ -1,5 +1,5 @@
 """The VAE codec: a diffusers ``AutoencoderKL`` (the FLUX VAE by default) or
-``AutoencoderTiny``, run tile by tile with GroupNorm statistics fixed once per call.
+``AutoencoderTiny``, run tile by tile with its image-wide state fixed once per call.
 
 Encode (spec §8.2): centre crop to a multiple of ``pixel_multiple``, the posterior's mode,
 then ``(z - shift) * scale``; decode: ``decoder(z / scale + shift)``. Both stream: the image
@@ -7,9 +7,9 @@ is cut into tiles on a grid fixed by ``tile`` (latent pixels), each run on its w
 tile grown by ``halo`` latent pixels, read through the domain: wrapped on a torus, reflected
 on a mirror axis) and cropped to its core. Before the tiles, a sample of windows (the whole
 image when it fits ``stats_pixels``) is run as one batch whose GroupNorm layers normalise
-with the statistics of all of them together; those statistics are then used unchanged for
-every tile (:mod:`gigasid.codecs.groupnorm`), so tiles do not differ in tone. The mid-block
-self-attention sees the tile's window (global within the window, not across the image).
+with the statistics of all of them together and whose mid-block self-attention attends to
+all their tokens; both are then used unchanged for every tile
+(:mod:`gigasid.codecs.fixed_stats`), so tiles do not differ in tone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from gigasid.codecs.base import PixelCodec, Reader, Region
-from gigasid.codecs.groupnorm import FixedGroupNorm
+from gigasid.codecs.fixed_stats import FixedStatistics
 from gigasid.codecs.tiles import Tile, axis_padding, calibration_tiles, tile_grid
 from gigasid.core.domain import Domain, read_window
 from gigasid.errors import ModelError
@@ -134,6 +134,7 @@ def load_vae(src: VaeSource, dtype: torch.dtype, device: str):
     except ImportError:
         raise ModelError("latent mode needs diffusers: pip install 'gigasid[latent]'") from None
     cls = getattr(diffusers, src.class_name)
+    diffusers.utils.logging.set_verbosity_error()  # its config notes are not the user's concern
     try:
         model = cls.from_pretrained(str(src.folder), torch_dtype=dtype, local_files_only=True,
                                     low_cpu_mem_usage=False)
@@ -144,7 +145,7 @@ def load_vae(src: VaeSource, dtype: torch.dtype, device: str):
                          ) from None
     model = model.to(device).eval().requires_grad_(False)
     if hasattr(model, "disable_tiling"):
-        model.disable_tiling()  # we tile ourselves (with fixed GroupNorm statistics)
+        model.disable_tiling()  # we tile ourselves (with fixed image-wide statistics)
     _MODELS[key] = model
     return model
 
@@ -166,7 +167,7 @@ class VaeCodec(PixelCodec):
     tile, halo:
         Core side and halo of a tile, in latent pixels.
     stats_pixels:
-        Output (pixel) area of the windows that measure the GroupNorm statistics of a call.
+        Output (pixel) area of the windows that measure a call's image-wide statistics.
     """
 
     name = "vae"
@@ -201,20 +202,20 @@ class VaeCodec(PixelCodec):
     def _stream(self, net: Callable, part, tiles: list[Tile], domain: Domain, read_window_fn,
                 out_scale: int, reporter=None, what: str = "decode"
                 ) -> Callable[[Tile], torch.Tensor]:
-        """Calibrate the GroupNorm statistics on a batch of windows, then return
+        """Measure the image-wide statistics on a batch of windows, then return
         ``run(tile) -> (C, h, w)`` (the tile's core). ``out_scale``: output pixels per
         latent pixel."""
-        gn = FixedGroupNorm(part)
+        gn = FixedStatistics(part)
         cache: dict[Tile, torch.Tensor] = {}
         H, W = domain.shape
         whole = Tile((0, 0, 0, 0), (0, 0, 0, 0))
-        if gn.layers and H * W <= self.stats_latent:
+        if H * W <= self.stats_latent:
             # The whole image fits the budget: one call measures its own statistics and its
             # result is every tile's (the streamed result *is* the whole-image call; a
             # periodic axis is decoded as the ring, with circular padding).
             whole = Tile((0, H, 0, W), (0, H, 0, W), domain.wraps)
         calib = [whole] if whole.window[1] else calibration_tiles(tiles, self.stats_latent)
-        if gn.layers:
+        if not gn.empty or calib[0] is whole:
             batch = torch.stack([read_window_fn(t) for t in calib])
             with torch.no_grad(), gn.measure([t.core_fraction() for t in calib]), \
                     axis_padding(part, calib[0].circular):
@@ -233,7 +234,7 @@ class VaeCodec(PixelCodec):
             if t in cache:
                 return cache.pop(t)
             x = read_window_fn(t)[None]
-            with torch.no_grad(), (gn.apply() if gn.layers else contextlib.nullcontext()), \
+            with torch.no_grad(), (contextlib.nullcontext() if gn.empty else gn.apply()), \
                     axis_padding(part, t.circular):
                 o = net(x)[0]
             return self._crop(t, o, out_scale).cpu()

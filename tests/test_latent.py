@@ -1,0 +1,291 @@
+"""The latent codec: tiny randomly initialised diffusers VAEs saved with save_pretrained and
+loaded through the user's code path; streamed encode/decode vs the whole-image call; latent
+jobs (tile invariance, resume, tileable, symmetric); every way the weights can be missing."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, REPO, run_cli
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="session")
+def vae_dirs(tmp_path_factory):
+    """A 3-block AutoencoderKL (GroupNorm, mid-block attention, factor 4) and an
+    AutoencoderTiny (factor 4), random weights, as model directories."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    root = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    kl = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3,
+                       up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
+                       layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                       scaling_factor=0.5, shift_factor=0.1, use_quant_conv=False,
+                       use_post_quant_conv=False)
+    kl.save_pretrained(root / "kl" / "vae")  # a hub-like layout: the VAE in a subfolder
+    tiny = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8),
+                           decoder_block_out_channels=(8, 8, 8), num_encoder_blocks=(1, 1, 1),
+                           num_decoder_blocks=(1, 1, 1), latent_channels=4)
+    tiny.save_pretrained(root / "tiny")
+    return {"kl": root / "kl", "tiny": root / "tiny"}
+
+
+def _codec(path, **kw):
+    from gigasid.codecs.vae import VaeCodec, load_vae, resolve_vae
+
+    src = resolve_vae(str(path), "vae")
+    return VaeCodec(src, load_vae(src, torch.float32, "cpu"), dtype=torch.float32,
+                    device="cpu", **kw)
+
+
+def _psnr(a, b):
+    return float(10 * torch.log10(4.0 / ((a - b) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    from gigasid.io.images import load_image
+
+    return load_image(DATA / "coffee.png")[:, :176, :248] * 2 - 1  # 44 x 62 latent
+
+
+def test_fixed_groupnorm_on_the_whole_image_is_torch_groupnorm(vae_dirs):
+    from gigasid.codecs.fixed_stats import FixedStatistics
+
+    c = _codec(vae_dirs["kl"])
+    z = torch.randn(1, 4, 30, 38, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = c._decode_net(z)
+        gn = FixedStatistics(c.model.decoder)
+        assert len(gn.layers) > 5
+        with gn.measure([(0.0, 1.0, 0.0, 1.0)]):
+            measured = c._decode_net(z)
+        with gn.apply():
+            applied = c._decode_net(z)
+    assert torch.allclose(measured, ref, atol=1e-5)
+    assert torch.allclose(applied, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["kl", "tiny"])
+def test_streamed_equals_whole_call_when_the_image_fits_the_budget(vae_dirs, pixels, kind):
+    c = _codec(vae_dirs[kind], tile=12, halo=4)  # 12 divides neither 44 nor 62
+    z = c.encode(pixels)
+    from gigasid.core.domain import Domain
+
+    with torch.no_grad():
+        z_whole = c._encode_net(pixels[None])[0]
+        y_whole = c._decode_net(z_whole[None])[0]
+    assert torch.allclose(z, z_whole, atol=1e-4)
+    dec = c.decoder(lambda r: z_whole[:, r[0]:r[1], r[2]:r[3]], Domain.make(z.shape[1:]))
+    assert torch.allclose(dec((0, 176, 0, 248)), y_whole, atol=1e-4)
+
+
+def test_tiny_autoencoder_tiles_exactly(vae_dirs, pixels):
+    """AutoencoderTiny has a bounded receptive field and no GroupNorm: with a halo that
+    covers it, tiles equal the whole call even when the image is over the budget."""
+    from gigasid.core.domain import Domain
+
+    c = _codec(vae_dirs["tiny"], tile=12, halo=8, stats_pixels=4096)
+    z = c.encode(pixels)
+    with torch.no_grad():
+        z_whole = c._encode_net(pixels[None])[0]
+        y_whole = c._decode_net(z_whole[None])[0]
+    assert torch.allclose(z, z_whole, atol=1e-5)
+    dec = c.decoder(lambda r: z_whole[:, r[0]:r[1], r[2]:r[3]], Domain.make(z.shape[1:]))
+    assert torch.allclose(dec((0, 176, 0, 248)), y_whole, atol=1e-5)
+
+
+def test_tiles_with_fixed_statistics_match_the_whole_decode(vae_dirs, pixels):
+    """The tiled decode's error with the whole image's statistics comes from the halo only
+    (and the mid-block attention seeing its window): >= 40 dB on the tiny KL VAE."""
+    from gigasid.codecs.fixed_stats import FixedStatistics
+    from gigasid.codecs.tiles import tile_grid
+    from gigasid.core.domain import Domain, read_window
+
+    c = _codec(vae_dirs["kl"], tile=12, halo=6)
+    with torch.no_grad():
+        z = c._encode_net(pixels[None])[0]
+        y_whole = c._decode_net(z[None])[0]
+        gn = FixedStatistics(c.model.decoder)
+        with gn.measure([(0.0, 1.0, 0.0, 1.0)]):
+            c._decode_net(z[None])
+        dom = Domain.make(z.shape[1:])
+        out = torch.zeros_like(y_whole)
+        for t in tile_grid(dom, 12, 6):
+            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, t.window)
+            with gn.apply():
+                o = c._decode_net(w[None])[0]
+            y0, y1, x0, x1 = (v * 4 for v in t.core)
+            out[:, y0:y1, x0:x1] = c._crop(t, o, 4)
+    assert _psnr(out, y_whole) >= 40.0
+    # and without a halo it is clearly worse: the halo is what buys the agreement
+    c0 = _codec(vae_dirs["kl"], tile=12, halo=0)
+    with torch.no_grad():
+        out0 = torch.zeros_like(y_whole)
+        for t in tile_grid(dom, 12, 0):
+            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, t.window)
+            with gn.apply():
+                o = c0._decode_net(w[None])[0]
+            y0, y1, x0, x1 = (v * 4 for v in t.core)
+            out0[:, y0:y1, x0:x1] = c0._crop(t, o, 4)
+    assert _psnr(out0, y_whole) < _psnr(out, y_whole) - 3
+
+
+@pytest.mark.parametrize("budget", [2**30, 4096])
+def test_periodic_decode_of_a_periodic_latent_is_periodic(vae_dirs, budget):
+    """On a torus, decoding a circularly shifted latent gives the shifted image: exactly as
+    one ring (whole call, circular padding), within the halo's error when tiled."""
+    from gigasid.core.domain import Domain
+
+    c = _codec(vae_dirs["kl"], tile=12, halo=6, stats_pixels=budget)
+    z = torch.randn(4, 24, 36, generator=torch.Generator().manual_seed(3))
+    dom = Domain.make((24, 36), ("torus", "torus"))
+    shifted = torch.roll(z, shifts=(5, 11), dims=(1, 2))
+    a = c.decoder(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom)((0, 96, 0, 144))
+    b = c.decoder(lambda r: shifted[:, r[0]:r[1], r[2]:r[3]], dom)((0, 96, 0, 144))
+    rolled = torch.roll(a, shifts=(20, 44), dims=(1, 2))
+    if budget > 2**20:
+        assert torch.allclose(rolled, b, atol=1e-4)
+    else:
+        assert _psnr(rolled, b) >= 30.0
+    # the wrap seam is no stronger than the image's interior column steps
+    d_wrap = (a[:, :, 0] - a[:, :, -1]).abs().mean()
+    d_in = (a[:, :, 1:] - a[:, :, :-1]).abs().mean()
+    assert d_wrap <= 1.5 * d_in
+
+
+def _latent_args(ref, vae, *extra):
+    return [REPO / "configs" / "demo.yaml", f"input={ref}", "num_samples=1", "patch_size=5",
+            "num_steps=4", "eta=0.5", "pyramid.min_short_side=9", "latent.enabled=true",
+            f"latent.vae={vae}", "latent.tile=12", "latent.halo=4", "latent.stats_pixels=4096",
+            "output.formats=[png]", *extra]
+
+
+def test_latent_job_is_tile_invariant_and_resumes_to_identical_bytes(tmp_path, photo_file,
+                                                                     vae_dirs):
+    ref = photo_file((96, 136))
+    base = _latent_args(ref, vae_dirs["kl"], "output_size=[96,160]", "engine.store=zarr")
+    runs = {}
+    for tile in (16, 0):
+        out = tmp_path / f"t{tile}"
+        r = run_cli("run", *base, f"engine.tile_size={tile}", "--out", out, "--quiet")
+        assert r.returncode == 0, r.stderr
+        runs[tile] = (out / "sample_000.png").read_bytes()
+    assert runs[16] == runs[0]
+    plan = json.loads((tmp_path / "t16" / "plan.json").read_text())
+    assert plan["codec"]["name"] == "vae" and plan["pixel_shape"] == [96, 160]
+    assert plan["scales"][0]["shape"] == [24, 40]  # latent pixels
+    assert list((tmp_path / "t16" / "latent").glob("ref0-*.pt"))
+    # kill in the middle, resume, same bytes
+    args = [*base, "engine.tile_size=16"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gigasid", "run", *map(str, args), "--out",
+                             str(killed), "--quiet"])
+    deadline = time.time() + 120
+    marks = killed / "markers"
+    while proc.poll() is None and time.time() < deadline and (
+            not marks.exists() or len(list(marks.iterdir())) < 12):
+        time.sleep(0.005)
+    was_killed = proc.poll() is None
+    if was_killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert was_killed, "the job finished before it could be killed"
+    r = run_cli("run", *args, "--out", killed, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (killed / "sample_000.png").read_bytes() == runs[16]
+
+
+def test_symmetric_latent_output_is_exactly_symmetric(tmp_path, photo_file, vae_dirs):
+    from PIL import Image
+
+    ref = photo_file((96, 128))
+    out = tmp_path / "sym"
+    r = run_cli("run", *_latent_args(ref, vae_dirs["kl"], "app=symmetric",
+                                     "symmetry.axis=both", "output_size=[88,120]"),
+                "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    img = np.asarray(Image.open(out / "sample_000.png"))
+    assert img.shape == (88, 120, 3)
+    assert np.array_equal(img, img[:, ::-1]) and np.array_equal(img, img[::-1])
+    assert img.std() > 1.0  # not a constant image
+
+
+def test_tiny_autoencoder_job_runs(tmp_path, photo_file, vae_dirs):
+    ref = photo_file((64, 96))
+    out = tmp_path / "tiny"
+    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"], "app=tileable"), "--out", out,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (out / "sample_000.png").is_file()
+
+
+def _refused(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+
+
+def test_missing_vae_directory_is_refused_before_the_run_dir(tmp_path, photo_file):
+    ref = photo_file((64, 64))
+    out = tmp_path / "run"
+    r = run_cli("run", *_latent_args(ref, tmp_path / "nowhere"), "--out", out)
+    _refused(r, "latent.vae", "save_pretrained")
+    assert not out.exists()
+
+
+def test_uncached_hub_model_offline_says_how_to_get_it(tmp_path, photo_file):
+    import os
+
+    ref = photo_file((64, 64))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-m", "gigasid", "run",
+                        *map(str, _latent_args(ref, "black-forest-labs/FLUX.1-schnell")),
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    _refused(r, "hf auth login", "FLUX.1-schnell")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_weights_are_refused_and_leave_an_existing_run_alone(tmp_path, photo_file,
+                                                                    vae_dirs):
+    import shutil
+
+    ref = photo_file((64, 64))
+    bad = tmp_path / "bad"
+    shutil.copytree(vae_dirs["tiny"], bad)
+    for w in bad.glob("*.safetensors"):
+        w.write_bytes(b"not a safetensors file")
+    out = tmp_path / "run"
+    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"]), "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = run_cli("run", *_latent_args(ref, bad), "--out", out)
+    _refused(r, "corrupt")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_pixel_only_apps_refuse_latent_mode(tmp_path, photo_file, vae_dirs):
+    ref = photo_file((64, 64))
+    r = run_cli("run", *_latent_args(ref, vae_dirs["kl"], "app=inpaint",
+                                     f"mask={DATA / 'rocket_mask.png'}"),
+                "--out", tmp_path / "run")
+    _refused(r, "pixel space only", "latent.enabled")
+
+
+def test_plan_shows_latent_shapes_without_loading_weights(tmp_path, photo_file, vae_dirs):
+    ref = photo_file((100, 130))  # cropped to 96 x 128 (multiples of 8)
+    r = run_cli("plan", *_latent_args(ref, vae_dirs["kl"]))
+    assert r.returncode == 0, r.stderr
+    assert "latent px (4 ch, x4)" in r.stdout and "128x96 -> " not in r.stdout
+    assert "32x24" in r.stdout  # the finest scale: 128x96 px / 4
