@@ -213,7 +213,9 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     for s in p.scales:
         t.add_row(str(s.index), f"{s.ref_shape[1]}x{s.ref_shape[0]}",
                   f"{s.shape[1]}x{s.shape[0]}", f"{s.n_patches:,}", f"{s.n_queries:,}",
-                  s.backend, str(s.transitions) if s.denoised else "pinned",
+                  s.backend if s.backend != "ann" else
+                  f"ann {s.ann_index} {s.index_bytes / 2**20:,.0f} MiB",
+                  str(s.transitions) if s.denoised else "pinned",
                   str(s.query_stride), f"{s.fold_rho:g}", f"{s.est_seconds:.2f} s",
                   f"{s.est_bytes / 2**20:.0f} MiB")
     con = Console(width=max(Console().width, 132))

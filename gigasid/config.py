@@ -21,7 +21,7 @@ import yaml
 from gigasid.errors import ConfigError
 
 BACKENDS = ("auto", "exact", "sdpa", "ann")
-INDEXES = ("flat", "ivf", "ivfpq")
+INDEXES = ("auto", "flat", "ivf", "ivfpq")
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("flow_linear", "ve_edm")
@@ -40,7 +40,8 @@ class DenoiserConfig:
     backend: Union[str, list] = "auto"  # noqa: UP007
     k: int = 5
     nprobe: int = 2
-    index: str = "ivf"
+    index: str = "auto"
+    index_memory_mb: int = 4096
     nlist: Union[int, None] = None  # noqa: UP007
     pq_m: int = 16
     pca_dim: int = 32
@@ -416,6 +417,7 @@ def validate(cfg: JobConfig) -> None:
     _check_range("denoiser.nprobe", d.nprobe, 1, None)
     _check_choice("denoiser.index", d.index, INDEXES)
     _check_range("denoiser.pq_m", d.pq_m, 1, 256)
+    _check_range("denoiser.index_memory_mb", d.index_memory_mb, 1, None)
     _check_range("denoiser.pca_dim", d.pca_dim, 0, None)
     _check_range("denoiser.train_size", d.train_size, 256, None)
     p = cfg.pyramid

@@ -36,3 +36,20 @@ def test_small_scales_of_a_streamed_job_run_as_one_region():
     for extra in (["engine.tile_size=512"], ["engine.workers=2", "engine.scheduler=threads"]):
         tiled = make_plan(load_config(None, [*base, *extra]), (512, 512))
         assert all(s.tile == 512 for s in tiled.scales)
+
+
+def test_auto_index_switches_to_ivfpq_where_ivf_would_not_fit():
+    from gigasid.config import load_config
+    from gigasid.engine.plan import make_plan
+
+    cfg = load_config(None, ["input=builtin:astronaut", "output_size=[1024,1024]",
+                             "denoiser.index_memory_mb=3", "denoiser.pca_dim=32"])
+    plan = make_plan(cfg, [(256, 256)])
+    ann = [s for s in plan.scales if s.backend == "ann"]
+    assert ann, "the job should have ANN scales"
+    for s in ann:
+        ivf_bytes = s.n_patches * (32 * 4 + 8)
+        want = "ivf" if ivf_bytes <= 3 * 2**20 else "ivfpq"
+        assert s.ann_index == want, (s.index, s.n_patches)
+        assert s.index_bytes <= max(ivf_bytes, 3 * 2**20)
+    assert {s.ann_index for s in ann} == {"ivf", "ivfpq"}

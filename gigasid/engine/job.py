@@ -6,6 +6,7 @@ every sample (and rebuilt once per worker process from the run directory).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -294,7 +295,9 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
                 index_dir.mkdir(parents=True, exist_ok=True)
                 suffix = "" if name == "main" else f"-{name}"
                 path = str(index_dir / f"scale{s}{suffix}.faiss")
-            contexts[s].denoisers[name] = make_denoiser(sp.backend, data, compute, ann,
+            settings = dataclasses.replace(ann, index=sp.ann_index) if sp.backend == "ann" \
+                else ann
+            contexts[s].denoisers[name] = make_denoiser(sp.backend, data, compute, settings,
                                                         index_path=path)
     job = Job(cfg, plan, app, view, input_sha256=inputs_fingerprint(paths + extra),
               codec=codec)

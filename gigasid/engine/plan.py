@@ -58,6 +58,9 @@ class ScalePlan:
     transitions: int = 0
     tile: int = 0
     tiles: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: ANN scales: the FAISS index kind and its memory (vectors or codes, and ids)
+    ann_index: str = "-"
+    index_bytes: int = 0
     est_seconds: float = 0.0
     est_bytes: int = 0
 
@@ -228,13 +231,16 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
             backend = "exact" if n <= exact_max else "ann"
         stored = dom.stored_shape
         st = _scale_tile(cfg, tile, stored)
+        kind, ibytes = ("-", 0)
+        if denoised and backend == "ann":
+            kind, ibytes = ann_index_choice(cfg, n, channels * P * P)
         scales.append(ScalePlan(
             index=s, ref_shape=ref_pyr[0][s], shape=out_shapes[s], num_steps=steps[s],
             patch=P, dataset_stride=dstride, query_stride=stride, fold_rho=rhos[s],
             backend=backend if denoised else "-", denoised=denoised, n_patches=n,
             n_queries=m, domain=kinds, stored_shape=stored,
             transitions=app.transitions_per_scale(cfg, s, steps[s]) if denoised else 0,
-            tile=st, tiles=tile_grid(stored, st)))
+            tile=st, tiles=tile_grid(stored, st), ann_index=kind, index_bytes=ibytes))
     plan = JobPlan(app=cfg.app, channels=channels, ref_shape=ref_shapes[0],
                    out_shape=out_shape, device=dev, dtype=cfg.dtype,
                    num_samples=cfg.num_samples, scales=scales, store=store,
@@ -242,6 +248,27 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
                    pixel_shape=(out_shape[0] * codec.factor, out_shape[1] * codec.factor))
     _estimate(plan, cfg)
     return plan
+
+
+def _index_bytes(kind: str, n: int, dim: int, pq_m: int) -> int:
+    """Memory of a FAISS index over ``n`` vectors of ``dim`` values: float vectors (flat,
+    IVF-Flat) or ``pq_m``-byte codes (IVF-PQ), plus 8-byte ids for the IVF kinds."""
+    if kind == "ivfpq":
+        return n * (pq_m + 8)
+    return n * (dim * 4 + (8 if kind == "ivf" else 0))
+
+
+def ann_index_choice(cfg: JobConfig, n: int, patch_dim: int) -> tuple[str, int]:
+    """``denoiser.index`` for one scale and the index's memory: ``auto`` is IVF-Flat while
+    its vectors fit ``denoiser.index_memory_mb``, IVF-PQ above (re-ranked with the exact
+    patches, read by position from the level)."""
+    d = cfg.denoiser
+    dim = d.pca_dim or patch_dim
+    kind = d.index
+    if kind == "auto":
+        fits = _index_bytes("ivf", n, dim, d.pq_m) <= d.index_memory_mb * 2**20
+        kind = "ivf" if fits else "ivfpq"
+    return kind, _index_bytes(kind, n, dim, d.pq_m)
 
 
 def _queries(domain, patch: int, stride: int) -> int:
@@ -278,8 +305,7 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
             work = 8192 * (cfg.denoiser.k + 2) * D * 4
             # Candidates are read from the level itself (PatchGrid); the index holds the
             # projected vectors and their ids.
-            dataset = (plan.channels * s.ref_shape[0] * s.ref_shape[1] * 4
-                       + s.n_patches * ((cfg.denoiser.pca_dim or D) * 4 + 8))
+            dataset = plan.channels * s.ref_shape[0] * s.ref_shape[1] * 4 + s.index_bytes
             setup += 3e-8 * s.n_patches * D
         # alpha = 0 at the first step returns the dataset mean: nearly free.
         s.est_seconds = per_step * overhead * max(steps - 1, 1)
@@ -294,6 +320,5 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
                     for s in plan.scales)
         h, w = plan.pixel_shape
         out = 2 * h * w * 3
-        index = sum(s.n_patches * (cfg.denoiser.pca_dim or 1) * 4 + s.n_patches * 8
-                    for s in plan.scales if s.backend == "ann")
+        index = sum(s.index_bytes for s in plan.scales if s.backend == "ann")
         plan.est_disk_bytes = int(plan.num_samples * (state + out) + index)
