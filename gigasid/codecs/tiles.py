@@ -35,10 +35,7 @@ class Tile:
 
     def core_fraction(self) -> tuple[float, float, float, float]:
         """The core as fractions of the window (top, bottom, left, right)."""
-        h, w = self.window_shape
-        wy, wx = self.window[0], self.window[2]
-        return ((self.core[0] - wy) / h, (self.core[1] - wy) / h,
-                (self.core[2] - wx) / w, (self.core[3] - wx) / w)
+        return core_fraction(self, self.window_shape)
 
 
 def _axis_window(axis: Axis, a: int, b: int, halo: int) -> tuple[int, int, bool]:
@@ -72,21 +69,27 @@ def tile_grid(domain: Domain, tile: int, halo: int) -> list[Tile]:
 
 
 def calibration_tiles(tiles: list[Tile], budget: int) -> list[Tile]:
-    """Tiles whose windows, decoded together, measure the job's GroupNorm statistics.
+    """Tiles whose windows, run together, measure the image-wide statistics of a call.
 
-    All have the window shape most tiles share (so they batch), are spread evenly over the
-    grid, and their cores add up to at most ``budget`` latent pixels (at least one tile).
+    Stratified over the whole grid (the middle tile of each of ``k`` equal runs of the
+    row-major grid; ``k = 1`` takes the central tile), with cores adding up to at most
+    ``budget`` latent pixels (at least one tile).
     """
-    by_shape: dict[tuple[int, int], list[Tile]] = {}
-    for t in tiles:
-        by_shape.setdefault(t.window_shape, []).append(t)
-    group = max(by_shape.values(), key=len)
-    core = (group[0].core[1] - group[0].core[0]) * (group[0].core[3] - group[0].core[2])
-    k = max(1, min(len(group), budget // max(1, core)))
-    if k >= len(group):
-        return group
-    picks = torch.linspace(0, len(group) - 1, k).round().long().unique().tolist()
-    return [group[i] for i in picks]
+    core = max((t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in tiles)
+    k = max(1, min(len(tiles), budget // max(1, core)))
+    if k >= len(tiles):
+        return list(tiles)
+    picks = sorted({min(len(tiles) - 1, int((i + 0.5) * len(tiles) / k)) for i in range(k)})
+    return [tiles[i] for i in picks]
+
+
+def core_fraction(t: Tile, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``t``'s core as fractions of a window of ``shape`` that starts where ``t``'s does
+    (its own window, padded at the bottom and right to ``shape``)."""
+    h, w = shape
+    wy, wx = t.window[0], t.window[2]
+    return ((t.core[0] - wy) / h, (t.core[1] - wy) / h, (t.core[2] - wx) / w,
+            (t.core[3] - wx) / w)
 
 
 @contextlib.contextmanager
@@ -120,4 +123,4 @@ def axis_padding(model: nn.Module, circular: tuple[bool, bool]) -> Iterator[None
             del c.forward
 
 
-__all__ = ["Tile", "axis_padding", "calibration_tiles", "tile_grid"]
+__all__ = ["Tile", "axis_padding", "calibration_tiles", "core_fraction", "tile_grid"]

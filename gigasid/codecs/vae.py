@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from gigasid.codecs.base import PixelCodec, Reader, Region
 from gigasid.codecs.fixed_stats import FixedStatistics
-from gigasid.codecs.tiles import Tile, axis_padding, calibration_tiles, tile_grid
+from gigasid.codecs.tiles import Tile, axis_padding, calibration_tiles, core_fraction, tile_grid
 from gigasid.core.domain import Domain, read_window
 from gigasid.errors import ModelError
 
@@ -200,11 +201,11 @@ class VaeCodec(PixelCodec):
 
     # ---- streamed calls -----------------------------------------------------------------
     def _stream(self, net: Callable, part, tiles: list[Tile], domain: Domain, read_window_fn,
-                out_scale: int, reporter=None, what: str = "decode"
+                in_scale: int, out_scale: int, reporter=None, what: str = "decode"
                 ) -> Callable[[Tile], torch.Tensor]:
         """Measure the image-wide statistics on a batch of windows, then return
-        ``run(tile) -> (C, h, w)`` (the tile's core). ``out_scale``: output pixels per
-        latent pixel."""
+        ``run(tile) -> (C, h, w)`` (the tile's core). ``in_scale`` / ``out_scale``: input /
+        output pixels per latent pixel."""
         gn = FixedStatistics(part)
         cache: dict[Tile, torch.Tensor] = {}
         H, W = domain.shape
@@ -216,8 +217,16 @@ class VaeCodec(PixelCodec):
             whole = Tile((0, H, 0, W), (0, H, 0, W), domain.wraps)
         calib = [whole] if whole.window[1] else calibration_tiles(tiles, self.stats_latent)
         if not gn.empty or calib[0] is whole:
-            batch = torch.stack([read_window_fn(t) for t in calib])
-            with torch.no_grad(), gn.measure([t.core_fraction() for t in calib]), \
+            # windows of different shapes (at the image's borders) are padded at the bottom
+            # and right to one shape, to run as one batch; only their cores are measured
+            hm = max(t.window_shape[0] for t in calib)
+            wm = max(t.window_shape[1] for t in calib)
+            scale = in_scale
+            batch = torch.stack([F.pad(read_window_fn(t)[None],
+                                       (0, (wm - t.window_shape[1]) * scale, 0,
+                                        (hm - t.window_shape[0]) * scale),
+                                       mode="replicate")[0] for t in calib])
+            with torch.no_grad(), gn.measure([core_fraction(t, (hm, wm)) for t in calib]), \
                     axis_padding(part, calib[0].circular):
                 out = net(batch)
             if calib[0] is whole:
@@ -262,7 +271,7 @@ class VaeCodec(PixelCodec):
             y0, y1, x0, x1 = t.window
             return pixels[:, y0 * f:y1 * f, x0 * f:x1 * f].float()
 
-        run = self._stream(self._encode_net, self.model.encoder, tiles, dom, window, 1,
+        run = self._stream(self._encode_net, self.model.encoder, tiles, dom, window, f, 1,
                            reporter, "encode")
         out = torch.empty(self.channels, H // f, W // f)
         for i, t in enumerate(tiles):
@@ -290,7 +299,7 @@ class VaeCodec(PixelCodec):
         def window(t: Tile) -> torch.Tensor:
             return read_window(read, domain, t.window).float()
 
-        run = self._stream(self._decode_net, self.model.decoder, tiles, domain, window, f,
+        run = self._stream(self._decode_net, self.model.decoder, tiles, domain, window, 1, f,
                            reporter, "decode")
         row = max(1, -(-domain.stored_shape[1] // self.tile))
         cache: OrderedDict = OrderedDict()
