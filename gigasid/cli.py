@@ -76,7 +76,13 @@ def run(
     import yaml
 
     from gigasid.config import dump_yaml, load_config
-    from gigasid.engine.job import check_input_files, get_app, inputs_fingerprint, job_files
+    from gigasid.engine.job import (
+        check_input_files,
+        get_app,
+        inputs_fingerprint,
+        job_files,
+        reference_shapes,
+    )
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
@@ -86,7 +92,9 @@ def run(
     out = out or Path("runs") / cfg.name
     for f in cfg.input_paths():
         image_shape(f)  # a missing or unreadable file -> InputError with the full message
-    check_input_files(get_app(cfg.app).input_files(cfg))
+    job_app = get_app(cfg.app)
+    check_input_files(job_app.input_files(cfg))
+    job_app.preflight(cfg, reference_shapes(cfg))  # model weights, size limits: no work yet
     files = job_files(cfg)
     inp = files[0]
     input_sha = inputs_fingerprint(files)
@@ -135,15 +143,14 @@ def _disk_guard(cfg, out: Path) -> None:
     import os
     import shutil
 
+    from gigasid.engine.job import reference_shapes
     from gigasid.engine.plan import make_plan
     from gigasid.engine.runner import resolve_device
     from gigasid.engine.store import DiskFullError
-    from gigasid.io.images import image_shape
 
     if (out / "data.zarr").exists() or os.environ.get("GIGASID_SKIP_DISK_CHECK"):
         return  # a resumed run was checked when it started
-    plan = make_plan(cfg, [image_shape(p) for p in cfg.input_paths()],
-                     resolve_device(cfg.device))
+    plan = make_plan(cfg, reference_shapes(cfg), resolve_device(cfg.device))
     if plan.store != "zarr":
         return
     probe = out
@@ -161,7 +168,7 @@ def _clear_run(out: Path) -> None:
     """Remove a previous run's state (only gigasid's own files) before a fresh start."""
     import shutil
 
-    for name in ("data.zarr", "markers", "out", "index"):
+    for name in ("data.zarr", "markers", "out", "index", "app_state"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     for name in ("job.yaml", "plan.json", "timings.json", "log.jsonl"):
@@ -183,12 +190,12 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
     from rich.table import Table
 
     from gigasid.config import load_config
+    from gigasid.engine.job import reference_shapes
     from gigasid.engine.plan import make_plan
     from gigasid.engine.runner import resolve_device
-    from gigasid.io.images import image_shape
 
     cfg = load_config(config, overrides or [])
-    shapes = [image_shape(f) for f in cfg.input_paths()]
+    shapes = reference_shapes(cfg)
     shape = shapes[0]
     device = resolve_device(cfg.device)
     p = make_plan(cfg, shapes, device)

@@ -104,6 +104,24 @@ def check_input_files(named: dict[str, Path]) -> None:
         image_shape(path)  # an unreadable file fails here, before any work
 
 
+def resized_shape(shape: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """``shape`` scaled (aspect kept) so its long side is at most ``long_side`` (None: as
+    is); never enlarged."""
+    h, w = shape
+    if long_side is None or max(h, w) <= long_side:
+        return (h, w)
+    f = long_side / max(h, w)
+    return (max(1, round(h * f)), max(1, round(w * f)))
+
+
+def reference_shapes(cfg: JobConfig) -> list[tuple[int, int]]:
+    """``(H, W)`` of every reference as the job uses it (after ``input_resize_to``), read
+    from the files' headers."""
+    from gigasid.io.images import image_shape
+
+    return [resized_shape(image_shape(p), cfg.input_resize_to) for p in cfg.input_paths()]
+
+
 def inputs_fingerprint(paths: list[Path]) -> str:
     """One SHA-256 over every input file (a single file keeps its own digest)."""
     from gigasid.io.images import file_fingerprint
@@ -116,13 +134,20 @@ def inputs_fingerprint(paths: list[Path]) -> str:
 
 def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path | None,
                      fingerprints: list[str]) -> list[list[torch.Tensor]]:
+    from gigasid.core.resample import resize
     from gigasid.engine import reference as refmod
-    from gigasid.io.images import load_image
+    from gigasid.io.images import image_shape, load_image
 
     refs = []
     for i, path in enumerate(cfg.input_paths()):
         shapes = plan.ref_pyramids[i]
         h, w = shapes[0]
+        if image_shape(path) != (h, w):
+            # input_resize_to: decoded whole, resized once, then used as if it were the input
+            # (the streamed path reads level 0 straight from the file, so it is not used).
+            ref = resize(load_image(path) * 2.0 - 1.0, (h, w)).to(device)
+            refs.append(build_pyramid(ref, shapes))
+            continue
         on_disk = cfg.engine.reference == "disk" or (
             cfg.engine.reference == "auto" and h * w > refmod.STREAM_MIN_PIXELS)
         if on_disk and run_dir is None:
@@ -202,7 +227,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     (memory-mapped) when present and saved there when built, so a resumed run and every
     worker process share one trained index per scale and dataset.
     """
-    from gigasid.io.images import file_fingerprint, image_shape, load_image
+    from gigasid.io.images import file_fingerprint, load_image
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -212,7 +237,8 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     named = app.input_files(cfg)
     check_input_files(named)
     extra = [Path(p) for p in named.values()]
-    shapes = [image_shape(p) for p in paths]
+    shapes = reference_shapes(cfg)
+    app.preflight(cfg, shapes)
     fps = [file_fingerprint(p) for p in paths]
     plan = make_plan(cfg, shapes, device, 3, app)
     refs = _load_references(cfg, plan, device, run_dir, fps)
@@ -220,7 +246,10 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     view = JobView(settings=cfg.app_config, seed=cfg.seed, eta=cfg.eta,
                    noise_level=cfg.noise_level, plan=plan, references=refs,
                    contexts=contexts, inputs=paths, extra_inputs=extra,
-                   load_image=load_image, device=device)
+                   load_image=load_image, device=device, reporter=reporter,
+                   base_dir=Path(cfg.base_dir),
+                   state_dir=Path(run_dir) / "app_state"
+                   if run_dir is not None and plan.store == "zarr" else None)
     app.prepare(view)
     index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
     compute = DTYPES[cfg.dtype]

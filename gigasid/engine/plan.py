@@ -113,11 +113,14 @@ def tile_grid(shape: tuple[int, int], tile: int) -> list[tuple[int, int, int, in
             for y in range(0, h, tile) for x in range(0, w, tile)]
 
 
-def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int]) -> int:
+def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int], whole: bool = False) -> int:
     """Tile side of one scale: with the automatic tile size and one worker, a scale that fits
     in 2 x 2 tiles runs as one region (no halo recomputation; memory stays bounded by the
     query chunks). With several workers every scale is tiled, so tiles can run in parallel;
-    an explicit ``engine.tile_size`` tiles every scale."""
+    an explicit ``engine.tile_size`` tiles every scale. An application whose hooks see the
+    whole image (``whole``) gets one region per scale whatever the settings."""
+    if whole:
+        return 0
     if tile and cfg.engine.tile_size == 0 and cfg.engine.workers == 1:
         if shape[0] * shape[1] <= (2 * tile) ** 2:
             return 0
@@ -178,6 +181,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
     exact_max = cfg.denoiser.exact_max_patches or EXACT_MAX_PATCHES[dev]
     pinned = app.pinned_scales(cfg, S)
     kinds = tuple(app.domain(cfg))
+    whole = app.whole_image(cfg)
     scales = []
     for s in range(S):
         denoised = s not in pinned
@@ -209,7 +213,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
         if backend == "auto":
             backend = "exact" if n <= exact_max else "ann"
         stored = dom.stored_shape
-        st = _scale_tile(cfg, tile, stored)
+        st = _scale_tile(cfg, tile, stored, whole)
         scales.append(ScalePlan(
             index=s, ref_shape=ref_pyr[0][s], shape=out_shapes[s], num_steps=steps[s],
             patch=P, dataset_stride=dstride, query_stride=stride, fold_rho=rhos[s],

@@ -56,6 +56,14 @@ class JobView:
     load_image:
         ``load_image(path) -> (C, H, W)`` in ``[0, 1]``: reads an extra input (mask,
         structure image) with the same error messages as the references.
+    state_dir:
+        A folder of the run directory where an application may keep per-step state that
+        must survive a kill and resume (``RUN/app_state``); None for in-memory jobs.
+    reporter:
+        The job's event sink (see :meth:`event`), or None.
+    base_dir:
+        The config file's folder: relative paths in the application's settings resolve
+        against it.
     """
 
     settings: Any
@@ -69,6 +77,15 @@ class JobView:
     extra_inputs: list[Path]
     load_image: Any
     device: str = "cpu"
+    state_dir: Path | None = None
+    reporter: Any = None
+    base_dir: Path = Path(".")
+
+    def event(self, kind: str, **data: Any) -> None:
+        """Record an application event in the job's log (``log.jsonl``); a no-op without a
+        reporter (e.g. in worker processes)."""
+        if self.reporter is not None:
+            self.reporter.event(kind, **data)
 
     @property
     def num_scales(self) -> int:
