@@ -1,11 +1,12 @@
 """CLIP at the edge: load the user's weights, embed texts and (differentiably) images.
 
 gigasid reads CLIP through Hugging Face ``transformers`` (``CLIPModel`` + its tokenizer):
-no torchvision and no separate ``clip`` package. ``clip.model`` is a Hugging Face model id
-(read from the user's Hugging Face cache; fetched from the Hub only when the cache lacks it
-and the machine is online, never with ``HF_HUB_OFFLINE=1``) or a local directory holding a
-model and a tokenizer written with ``save_pretrained``. Anything missing becomes a
-:class:`ClipModelError` that says how to get the weights.
+no torchvision and no separate ``clip`` package. ``clip.model`` is a Hugging Face model id, read
+from the user's Hugging Face cache, or a local directory holding a model and a tokenizer
+written with ``save_pretrained``. gigasid never downloads (``local_files_only``, as with
+``HF_HUB_OFFLINE=1``): a run stops at once, before any work, with a
+:class:`ClipModelError` that says how to get the weights, instead of waiting on a network
+that may not be there or fetching 600 MB unasked.
 
 Image views of any size go through the vision tower with its position embeddings
 interpolated bicubically to the view's patch grid (transformers'
@@ -15,7 +16,6 @@ interpolated bicubically to the view's patch grid (transformers'
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +46,6 @@ def _how_to_get(name: str) -> str:
             "huggingface to an offline machine). Or set clip.model to a local directory "
             "written with CLIPModel.save_pretrained and CLIPTokenizer.save_pretrained "
             f"(now: clip.model={name!r}).")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_source(name: str, base_dir: str | Path = ".") -> tuple[str, bool]:
@@ -126,11 +122,9 @@ class Clip:
 
 def load_clip(name: str = DEFAULT_MODEL, base_dir: str | Path = ".",
               device: str = "cpu") -> Clip:
-    """Load CLIP (model + tokenizer) from a local directory or the Hugging Face cache.
-
-    The cache is tried first (``local_files_only``); the Hub only when that fails, the
-    value is a Hub id and ``HF_HUB_OFFLINE`` is not set. Loaded models are kept per process,
-    so the check before a run and the run itself load once.
+    """Load CLIP (model + tokenizer) from a local directory or the Hugging Face cache
+    (``local_files_only``: nothing is downloaded). Loaded models are kept per process, so
+    the check before a run and the run itself load once.
 
     Raises
     ------
@@ -138,11 +132,11 @@ def load_clip(name: str = DEFAULT_MODEL, base_dir: str | Path = ".",
         transformers is missing, or the model or its tokenizer cannot be found or read.
     """
     source, local = resolve_source(name, base_dir)
-    return _load(source, local, _offline(), device)
+    return _load(source, local, device)
 
 
 @functools.lru_cache(maxsize=2)
-def _load(source: str, local: bool, offline: bool, device: str) -> Clip:
+def _load(source: str, local: bool, device: str) -> Clip:
     try:
         from transformers import AutoTokenizer, CLIPConfig, CLIPModel
         from transformers.utils import logging as hf_logging
@@ -152,27 +146,32 @@ def _load(source: str, local: bool, offline: bool, device: str) -> Clip:
     if local and not (Path(source) / "config.json").is_file():
         raise ClipModelError(f"clip.model: {source} has no config.json, so it is not a "
                              "model saved with save_pretrained. " + _how_to_get(source))
-    errors = _hub_errors()
-    tries = [True] if (local or offline) else [True, False]
-    last: BaseException | None = None
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        for cache_only in tries:
-            try:
-                model = CLIPModel.from_pretrained(source, local_files_only=cache_only)
-                tok = AutoTokenizer.from_pretrained(source, local_files_only=cache_only)
-                break
-            except errors as exc:
-                last = exc
-        else:
-            reason = str(last).strip().splitlines()[0] if last and str(last).strip() else \
-                type(last).__name__
-            raise ClipModelError(f"CLIP model {source!r} could not be loaded ({reason[:300]}). "
+        try:
+            model = CLIPModel.from_pretrained(source, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except _hub_errors() as exc:
+            lines = str(exc).strip().splitlines()
+            reason = lines[0][:300] if lines else type(exc).__name__
+            if not local:  # the hub's message talks of connecting, which gigasid never does
+                from huggingface_hub import constants
+
+                reason = (f"not in the Hugging Face cache {constants.HF_HUB_CACHE}; gigasid "
+                          "does not download")
+            raise ClipModelError(f"CLIP model {source!r} could not be loaded ({reason}). "
                                  + _how_to_get(source)) from None
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+    # Without tokenizer files transformers quietly builds an empty-vocabulary tokenizer;
+    # every text would then embed as the same few tokens.
+    if len(tok) < 256 or len(tok) > int(model.config.text_config.vocab_size):
+        raise ClipModelError(f"clip.model: {source!r} has no usable tokenizer (vocabulary of "
+                             f"{len(tok)} tokens for a text tower of "
+                             f"{model.config.text_config.vocab_size}); save it next to the "
+                             "model with CLIPTokenizer.save_pretrained. " + _how_to_get(source))
     if not isinstance(model.config, CLIPConfig):  # pragma: no cover - from_pretrained checks
         raise ClipModelError(f"clip.model: {source!r} is not a CLIP model. " + _how_to_get(source))
     model = model.to(device=device, dtype=torch.float32).eval()
