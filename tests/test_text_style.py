@@ -4,16 +4,13 @@ oracle, kill/resume, and every missing piece -> exit 2 before any work."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_cli_when, run_cli
 from gigasid.apps.base import ScaleProgram, tensor_init
 from gigasid.apps.text_style import TextStyle
 from gigasid.config import load_config
@@ -252,19 +249,11 @@ def test_interrupted_run_resumes_with_identical_bytes(content, tiny_clip, tmp_pa
 def test_cli_kill_and_resume(content, tiny_clip, tmp_path):
     args = ["run", PRESET, *_args(content, tiny_clip, "engine.store=zarr"), "--quiet"]
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "gigasid", *map(str, args), "--out", str(killed)]
-    proc = subprocess.Popen(cmd)
     state = killed / "app_state"
-    deadline = time.time() + 120
     # Kill in the guided part (t = 10 .. 2), once the momentum state of t = 8 was written.
-    while proc.poll() is None and time.time() < deadline and not (
-            state.is_dir() and any(p.name.endswith("-8.npy") for p in state.iterdir())):
-        time.sleep(0.005)
-    was_killed = proc.poll() is None
-    if was_killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert was_killed, "the job finished before it could be killed"
+    assert kill_cli_when([*args, "--out", killed], lambda: state.is_dir() and any(
+        p.name.endswith("-8.npy") for p in state.iterdir())), \
+        "the job finished before it could be killed"
     r = run_cli(*args, "--out", killed)
     assert r.returncode == 0, r.stderr
     whole = tmp_path / "whole"

@@ -26,7 +26,7 @@ TINY = {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2
 VIT_B32 = {"vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                           num_attention_heads=12, image_size=224, patch_size=32),
            "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                        num_attention_heads=8, max_position_embeddings=77),
+                        num_attention_heads=8, max_position_embeddings=77, vocab_size=49408),
            "projection_dim": 512}
 
 _MERGES = ["t h", "th e</w>", "o f</w>", "s t", "st y", "sty l", "styl e</w>", "a r", "ar t</w>"]
@@ -70,7 +70,8 @@ def write_random_clip(folder: Path, sizes: dict | None = None, seed: int = 0,
     tok = write_tokenizer(folder) if tokenizer else None
     text = dict(sizes["text"])
     if tok is not None:
-        text.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+        text.setdefault("vocab_size", len(tok))  # ViT-B/32 keeps CLIP's 49408 rows
+        text.update(bos_token_id=tok.bos_token_id,
                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = CLIPConfig(text_config=text, vision_config=dict(sizes["vision"]),
                      projection_dim=sizes["projection_dim"])

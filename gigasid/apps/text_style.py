@@ -26,6 +26,7 @@ with the same bytes.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -195,19 +196,24 @@ class TextStyle(Reconstruct):
             gamma_t = faded_strength(g.strength, sch.sigmas[t], sch.sigmas[start])
             x = x_hat.detach()
             losses = []
+            t0, clip_s = time.perf_counter(), 0.0
             for it in range(g.iters):
                 gen = torch.Generator().manual_seed(step_seed(seed, scale, t, tr.visit, it))
                 # Gradients through CLIP only: the denoiser's estimate is a constant here.
                 x_m = momentum_mix(x, prev, g.momentum).detach().requires_grad_(True)
+                t1 = time.perf_counter()
                 with torch.enable_grad():
                     loss = clip_loss(clip, text_emb, (x_m + 1.0) / 2.0, c.clip.n_aug, fill, gen)
                     (grad,) = torch.autograd.grad(-loss, x_m)
+                clip_s += time.perf_counter() - t1
                 x = guided_update(x_m.detach(), grad, gamma_t, g.fill_factor)
                 losses.append(round(float(loss.detach()), 6))
             # Written before the engine marks this step done: a resumed step t-1 finds it.
             state.save(t, x, older=t + 2)
             view.event("guidance", scale=scale, seed=seed, t=t, gamma=round(gamma_t, 6),
-                       clip_loss=losses[-1], clip_losses=losses)
+                       clip_loss=losses[-1], clip_losses=losses,
+                       clip_seconds=round(clip_s, 4),
+                       seconds=round(time.perf_counter() - t0, 4))
             return x
 
         return estimate
