@@ -82,6 +82,7 @@ def run(
         get_app,
         inputs_fingerprint,
         job_files,
+        reference_shapes,
         resolve_device,
     )
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
@@ -93,7 +94,9 @@ def run(
     out = out or Path("runs") / cfg.name
     for f in cfg.input_paths():
         image_shape(f)  # a missing or unreadable file -> InputError with the full message
-    check_input_files(get_app(cfg.app).input_files(cfg))
+    job_app = get_app(cfg.app)
+    check_input_files(job_app.input_files(cfg))
+    job_app.preflight(cfg, reference_shapes(cfg))  # model weights, size limits: no work yet
     # A missing, gated or corrupt VAE stops the run here, before the run directory is
     # touched (the loaded model is cached for the job).
     make_codec(cfg, resolve_device(cfg.device))
@@ -145,15 +148,14 @@ def _disk_guard(cfg, out: Path) -> None:
     import os
     import shutil
 
+    from gigasid.engine.job import reference_shapes
     from gigasid.engine.plan import make_plan
     from gigasid.engine.runner import resolve_device
     from gigasid.engine.store import DiskFullError
-    from gigasid.io.images import image_shape
 
     if (out / "data.zarr").exists() or os.environ.get("GIGASID_SKIP_DISK_CHECK"):
         return  # a resumed run was checked when it started
-    plan = make_plan(cfg, [image_shape(p) for p in cfg.input_paths()],
-                     resolve_device(cfg.device))
+    plan = make_plan(cfg, reference_shapes(cfg), resolve_device(cfg.device))
     if plan.store != "zarr":
         return
     probe = out
@@ -171,7 +173,7 @@ def _clear_run(out: Path) -> None:
     """Remove a previous run's state (only gigasid's own files) before a fresh start."""
     import shutil
 
-    for name in ("data.zarr", "markers", "out", "index"):
+    for name in ("data.zarr", "markers", "out", "index", "app_state"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     for name in ("job.yaml", "plan.json", "timings.json", "log.jsonl"):
@@ -194,12 +196,12 @@ def plan(config: ConfigArg, overrides: OverridesArg = None) -> None:
 
     from gigasid.codecs import make_codec
     from gigasid.config import load_config
+    from gigasid.engine.job import reference_shapes
     from gigasid.engine.plan import make_plan
     from gigasid.engine.runner import resolve_device
-    from gigasid.io.images import image_shape
 
     cfg = load_config(config, overrides or [])
-    shapes = [image_shape(f) for f in cfg.input_paths()]
+    shapes = reference_shapes(cfg)
     shape = shapes[0]
     device = resolve_device(cfg.device)
     codec = make_codec(cfg, device, load=False)

@@ -87,6 +87,9 @@ class LatentConfig:
 class JobConfig:
     app: str = "uncond"
     input: Union[str, list] = ""  # noqa: UP007
+    # Resize every reference so its long side is at most this many pixels (keeping the
+    # aspect ratio) before anything else; None = use the inputs as they are.
+    input_resize_to: Union[int, None] = None  # noqa: UP007
     seed: int = 0
     num_samples: int = 1
     output_size: Union[list, None] = None  # noqa: UP007
@@ -382,6 +385,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("config key 'input' is required: the path of the reference image "
                           "(relative to the config file) or builtin:NAME, or a list of them")
     _check_range("num_samples", cfg.num_samples, 1, 10_000)
+    if cfg.input_resize_to is not None:
+        _check_range("input_resize_to", cfg.input_resize_to, 1, MAX_OUTPUT_SIDE)
     _check_range("patch_size", cfg.patch_size, 3, 255)
     _check_range("eta", cfg.eta, 0.0, 1.0)
     _check_range("sigma_min", cfg.sigma_min, 0.0, 0.5, lo_open=True)

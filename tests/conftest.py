@@ -46,3 +46,21 @@ def run_cli(*args, cwd=None, timeout=600):
 
     return subprocess.run([sys.executable, "-m", "gigasid", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def kill_cli_when(args, ready, timeout: float = 120) -> bool:
+    """Start ``gigasid *args``, SIGKILL it as soon as ``ready()`` holds; returns whether it
+    was still running then (False: it finished first)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "gigasid", *map(str, args)])
+    deadline = time.time() + timeout
+    while proc.poll() is None and not ready() and time.time() < deadline:
+        time.sleep(0.005)
+    was_running = proc.poll() is None
+    if was_running:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return was_running

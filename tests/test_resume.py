@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_cli_when, run_cli
 
 
 @pytest.fixture
@@ -182,16 +182,9 @@ def test_every_app_resumes_after_kill_with_identical_bytes(tmp_path, app_files, 
     assert r.returncode == 0, r.stderr
     total = _markers(whole)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "gigasid", "run", *map(str, args),
-                             "--out", str(killed), "--quiet"])
-    deadline = time.time() + 120
-    while proc.poll() is None and _markers(killed) < total // 2 and time.time() < deadline:
-        time.sleep(0.005)
-    was_killed = proc.poll() is None
-    if was_killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert was_killed, "the job finished before it could be killed"
+    assert kill_cli_when(["run", *args, "--out", killed, "--quiet"],
+                         lambda: _markers(killed) >= total // 2), \
+        "the job finished before it could be killed"
     r = run_cli("run", *args, "--out", killed, "--quiet")
     assert r.returncode == 0, r.stderr
     assert _result(killed)[1] == _result(whole)[1]

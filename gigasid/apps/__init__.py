@@ -14,6 +14,7 @@ from gigasid.apps import (  # noqa: F401  (each module registers its application
     reconstruct,
     retarget,
     symmetric,
+    text_style,
     tileable,
     uncond,
 )

@@ -8,8 +8,10 @@ from the job comes through a :class:`JobView`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gigasid.core import noise
@@ -78,6 +80,52 @@ def uncond_program(view: JobView, scale: int, seed: int) -> ScaleProgram:
         transitions=sampling_transitions(ctx.schedule.num_steps, view.eta, blend=not coarsest))
 
 
+class StepState:
+    """Tensors a program carries from one transition to the next (e.g. a momentum term),
+    keyed by an integer step, in memory or in the run directory.
+
+    With a ``folder`` (``JobView.state_dir``) every tensor is written to a file first
+    (write, then rename), so a run killed at any moment finds, on resume, the state of every
+    transition it had finished; the caller drops what no later transition reads. Loading
+    gives back the saved bytes, so a resumed run continues exactly like an uninterrupted one.
+    """
+
+    def __init__(self, folder: Path | None, prefix: str):
+        self.folder, self.prefix = folder, prefix
+        self.memory: dict[int, torch.Tensor] = {}
+
+    def _path(self, step: int) -> Path:
+        return self.folder / f"{self.prefix}-{step}.npy"
+
+    def save(self, step: int, value: torch.Tensor, older: int | None = None) -> None:
+        """Store ``value`` for ``step``, then drop step ``older`` (one that no later
+        transition reads; keep the one before ``step`` so a re-run of ``step`` finds it)."""
+        value = value.detach().to("cpu", torch.float32).contiguous()
+        if self.folder is None:
+            self.memory[step] = value.clone()
+            self.memory.pop(older, None)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(step)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, value.numpy())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if older is not None:
+            self._path(older).unlink(missing_ok=True)
+
+    def load(self, step: int) -> torch.Tensor | None:
+        """The tensor saved for ``step``, or None."""
+        if self.folder is None:
+            return self.memory.get(step)
+        path = self._path(step)
+        if not path.is_file():
+            return None
+        return torch.from_numpy(np.load(path))
+
+
 class App:
     """Base class: unconditional sampling at every scale on a plane.
 
@@ -117,6 +165,17 @@ class App:
         """How many denoiser transitions a scale runs (for the plan's estimates)."""
         return num_steps
 
+    def whole_image(self, cfg) -> bool:
+        """Whether every scale must run as one region (a hook that is not local, e.g. one
+        that looks at the whole image); the planner then never tiles a scale."""
+        return False
+
+    def preflight(self, cfg, ref_shapes: list[tuple[int, int]]) -> None:
+        """Checks that need more than the config but no work: external resources (model
+        weights) and limits on the input size. ``ref_shapes`` are the references' ``(H, W)``
+        after ``input_resize_to``. Called before the run directory is touched; raises a
+        :class:`~gigasid.errors.GigasidError` that says how to fix it."""
+
     # ---- job time -----------------------------------------------------------------------
     def prepare(self, view: JobView) -> None:
         """Precompute what the programs need (pinned levels, masks); called once per job."""
@@ -140,6 +199,6 @@ class App:
         return {}
 
 
-__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "Transition", "axis_kinds",
-           "inversion_transitions", "noise_init", "sampling_transitions", "tensor_init",
-           "uncond_program", "warm_init"]
+__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "StepState", "Transition",
+           "axis_kinds", "inversion_transitions", "noise_init", "sampling_transitions",
+           "tensor_init", "uncond_program", "warm_init"]

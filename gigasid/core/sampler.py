@@ -31,9 +31,11 @@ InitFn = Callable[[Region], torch.Tensor]
 #: ``hold(region, transition, x) -> x``: after a step (to ``transition.t_to``), put back what
 #: is known on ``region``.
 HoldFn = Callable[[Region, "Transition", torch.Tensor], torch.Tensor]
-#: ``estimate(region, x_hat) -> x_hat``: post-process the clean estimate on a region (the
-#: hook must be local: a pixel's output may depend on that pixel's input only).
-EstimateFn = Callable[[Region, torch.Tensor], torch.Tensor]
+#: ``estimate(region, transition, x_hat) -> x_hat``: post-process the clean estimate of
+#: ``transition`` on ``region`` (full-image coordinates). The noise estimate of the step is
+#: implied by the returned estimate. A hook on a tiled scale must be local (a pixel's output
+#: depends on that pixel's input only); a non-local hook needs its app's ``whole_image``.
+EstimateFn = Callable[[Region, "Transition", torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def sample(contexts: list[ScaleContext], programs: list[ScaleProgram], seed: int
                                   ctx.denoisers[tr.dataset], a, sg)
             x_hat = dom.expand(dom.fold_in(x_hat))  # symmetrise on mirror axes
             if prog.estimate is not None:
-                x_hat = prog.estimate((0, dom.shape[0], 0, dom.shape[1]), x_hat)
+                x_hat = prog.estimate((0, dom.shape[0], 0, dom.shape[1]), tr, x_hat)
             eps = implied_noise(x, x_hat, a, sg)  # from the unblended estimate (spec §5 b)
             if tr.blend:
                 x_hat = blend_image(x_hat, coarser, dom, ctx.low_shape, ctx.coarser)

@@ -107,6 +107,24 @@ def check_input_files(named: dict[str, Path]) -> None:
         image_shape(path)  # an unreadable file fails here, before any work
 
 
+def resized_shape(shape: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """``shape`` scaled (aspect kept) so its long side is at most ``long_side`` (None: as
+    is); never enlarged."""
+    h, w = shape
+    if long_side is None or max(h, w) <= long_side:
+        return (h, w)
+    f = long_side / max(h, w)
+    return (max(1, round(h * f)), max(1, round(w * f)))
+
+
+def reference_shapes(cfg: JobConfig) -> list[tuple[int, int]]:
+    """``(H, W)`` of every reference as the job uses it (after ``input_resize_to``), read
+    from the files' headers."""
+    from gigasid.io.images import image_shape
+
+    return [resized_shape(image_shape(p), cfg.input_resize_to) for p in cfg.input_paths()]
+
+
 def inputs_fingerprint(paths: list[Path]) -> str:
     """One SHA-256 over every input file (a single file keeps its own digest)."""
     from gigasid.io.images import file_fingerprint
@@ -118,8 +136,10 @@ def inputs_fingerprint(paths: list[Path]) -> str:
 
 
 def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str,
-                 reporter: Reporter | None = None, name: str = "ref") -> torch.Tensor:
-    """An image file in the codec's space: ``(C, h, w)``, cropped to ``crop``.
+                 reporter: Reporter | None = None, name: str = "ref",
+                 shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image file in the codec's space: ``(C, h, w)``, resized to ``shape`` when given
+    (``input_resize_to``), then cropped to ``crop``.
 
     A latent encoding of a persistent run is cached in ``RUN/latent`` (keyed by the file's
     and the codec's fingerprints), so a resumed run and every worker process reuse it.
@@ -132,7 +152,12 @@ def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str
         if cache.is_file():
             return torch.load(cache, weights_only=True)
     y0, y1, x0, x1 = crop
-    pixels = load_image(path)[:, y0:y1, x0:x1] * 2.0 - 1.0
+    pixels = load_image(path)
+    if shape is not None and tuple(pixels.shape[1:]) != tuple(shape):
+        from gigasid.core.resample import resize
+
+        pixels = resize(pixels, tuple(shape))
+    pixels = pixels[:, y0:y1, x0:x1] * 2.0 - 1.0
     if codec.factor == 1:
         return pixels
     t0 = time.perf_counter()
@@ -151,8 +176,9 @@ def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str
 def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path | None,
                      fingerprints: list[str], codec=None,
                      reporter: Reporter | None = None) -> list[list[torch.Tensor]]:
+    from gigasid.core.resample import resize
     from gigasid.engine import reference as refmod
-    from gigasid.io.images import load_image
+    from gigasid.io.images import image_shape, load_image
 
     refs = []
     for i, path in enumerate(cfg.input_paths()):
@@ -160,8 +186,14 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
         h, w = shapes[0]
         if codec is not None and codec.factor > 1:
             z = encode_image(codec, path, plan.crops[i], run_dir, fingerprints[i], reporter,
-                             f"ref{i}")
+                             f"ref{i}", shape=plan.pixel_refs[i])
             refs.append(build_pyramid(z.to(device), shapes))
+            continue
+        if image_shape(path) != (h, w):
+            # input_resize_to: decoded whole, resized once, then used as if it were the input
+            # (the streamed path reads level 0 straight from the file, so it is not used).
+            ref = resize(load_image(path) * 2.0 - 1.0, (h, w)).to(device)
+            refs.append(build_pyramid(ref, shapes))
             continue
         on_disk = cfg.engine.reference == "disk" or (
             cfg.engine.reference == "auto" and h * w > refmod.STREAM_MIN_PIXELS)
@@ -242,7 +274,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     (memory-mapped) when present and saved there when built, so a resumed run and every
     worker process share one trained index per scale and dataset.
     """
-    from gigasid.io.images import file_fingerprint, image_shape, load_image
+    from gigasid.io.images import file_fingerprint, load_image
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -252,7 +284,8 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     named = app.input_files(cfg)
     check_input_files(named)
     extra = [Path(p) for p in named.values()]
-    shapes = [image_shape(p) for p in paths]
+    shapes = reference_shapes(cfg)
+    app.preflight(cfg, shapes)
     fps = [file_fingerprint(p) for p in paths]
     codec = make_codec(cfg, device)
     plan = make_plan(cfg, shapes, device, 3, app, codec)
@@ -261,20 +294,30 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     def load_reference(path: Path) -> torch.Tensor:
         # an extra image that plays a reference's part (analogy's structure): cropped and
         # encoded like the references
+        from gigasid.io.images import image_shape
+
         crop = codec.crop_box(image_shape(path))
         return encode_image(codec, Path(path), crop, run_dir, file_fingerprint(path),
                             reporter, "extra")
 
     def input_image(i: int) -> torch.Tensor:
         y0, y1, x0, x1 = plan.crops[i]
-        return load_image(paths[i])[:, y0:y1, x0:x1]
+        img = load_image(paths[i])
+        if tuple(img.shape[1:]) != tuple(plan.pixel_refs[i]):
+            from gigasid.core.resample import resize
+
+            img = resize(img, tuple(plan.pixel_refs[i]))
+        return img[:, y0:y1, x0:x1]
 
     contexts = _contexts(cfg, plan, refs[0][0].shape[0], device)
     view = JobView(settings=cfg.app_config, seed=cfg.seed, eta=cfg.eta,
                    noise_level=cfg.noise_level, plan=plan, references=refs,
                    contexts=contexts, inputs=paths, extra_inputs=extra,
                    load_image=load_image, device=device, load_reference=load_reference,
-                   input_image=input_image)
+                   input_image=input_image, reporter=reporter,
+                   base_dir=Path(cfg.base_dir),
+                   state_dir=Path(run_dir) / "app_state"
+                   if run_dir is not None and plan.store == "zarr" else None)
     app.prepare(view)
     index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
     compute = DTYPES[cfg.dtype]

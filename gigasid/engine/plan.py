@@ -87,6 +87,8 @@ class JobPlan:
     codec: dict = field(default_factory=lambda: {"name": "pixel", "factor": 1})
     #: per reference, the centred crop ``(y0, y1, x0, x1)`` of its pixels that is encoded
     crops: list = field(default_factory=list)
+    #: per reference, its pixel shape before the crop (after ``input_resize_to``)
+    pixel_refs: list = field(default_factory=list)
 
     @property
     def num_scales(self) -> int:
@@ -122,11 +124,14 @@ def tile_grid(shape: tuple[int, int], tile: int) -> list[tuple[int, int, int, in
             for y in range(0, h, tile) for x in range(0, w, tile)]
 
 
-def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int]) -> int:
+def _scale_tile(cfg: JobConfig, tile: int, shape: tuple[int, int], whole: bool = False) -> int:
     """Tile side of one scale: with the automatic tile size and one worker, a scale that fits
     in 2 x 2 tiles runs as one region (no halo recomputation; memory stays bounded by the
     query chunks). With several workers every scale is tiled, so tiles can run in parallel;
-    an explicit ``engine.tile_size`` tiles every scale."""
+    an explicit ``engine.tile_size`` tiles every scale. An application whose hooks see the
+    whole image (``whole``) gets one region per scale whatever the settings."""
+    if whole:
+        return 0
     if tile and cfg.engine.tile_size == 0 and cfg.engine.workers == 1:
         if shape[0] * shape[1] <= (2 * tile) ** 2:
             return 0
@@ -157,6 +162,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
             raise InputError(f"the input is {r[1]}x{r[0]} px, smaller than the VAE's pixel "
                              f"multiple ({codec.pixel_multiple} px)")
     pixel_refs = [(c[1] - c[0], c[3] - c[2]) for c in crops]
+    uncropped = [tuple(r) for r in ref_shapes]
     ref_shapes = [codec.model_shape(r) for r in pixel_refs]
     app = app or registry.get(cfg.app)()
     P = cfg.patch_size
@@ -199,6 +205,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
     exact_max = cfg.denoiser.exact_max_patches or EXACT_MAX_PATCHES[dev]
     pinned = app.pinned_scales(cfg, S)
     kinds = tuple(app.domain(cfg))
+    whole = app.whole_image(cfg)
     scales = []
     for s in range(S):
         denoised = s not in pinned
@@ -230,7 +237,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
         if backend == "auto":
             backend = "exact" if n <= exact_max else "ann"
         stored = dom.stored_shape
-        st = _scale_tile(cfg, tile, stored)
+        st = _scale_tile(cfg, tile, stored, whole)
         kind, ibytes = ("-", 0)
         if denoised and backend == "ann":
             kind, ibytes = ann_index_choice(cfg, n, channels * P * P)
@@ -245,6 +252,7 @@ def make_plan(cfg: JobConfig, ref_shapes, device: str = "cpu", channels: int = 3
                    out_shape=out_shape, device=dev, dtype=cfg.dtype,
                    num_samples=cfg.num_samples, scales=scales, store=store,
                    ref_pyramids=ref_pyr, crops=crops, codec=codec.describe(),
+                   pixel_refs=uncropped,
                    pixel_shape=(out_shape[0] * codec.factor, out_shape[1] * codec.factor))
     _estimate(plan, cfg)
     return plan

@@ -67,7 +67,7 @@ def run_transition(ctx: ScaleContext, program: ScaleProgram, tr: Transition, reg
     if ix is not None:
         x_hat = x_hat.index_select(2, ix.to(x_hat.device))
     if program.estimate is not None:
-        x_hat = program.estimate(est_region, x_hat)
+        x_hat = program.estimate(est_region, tr, x_hat)
     y0, y1, x0, x1 = region
     ey, ex = est_region[0], est_region[2]
     x_hat_r = x_hat[:, y0 - ey : y1 - ey, x0 - ex : x1 - ex]

@@ -62,6 +62,14 @@ class JobView:
     input_image:
         ``input_image(i) -> (3, H, W)`` in ``[0, 1]``: reference ``i``'s pixels as encoded
         (centre-cropped to the codec's pixel multiple), for metrics against the output.
+    state_dir:
+        A folder of the run directory where an application may keep per-step state that
+        must survive a kill and resume (``RUN/app_state``); None for in-memory jobs.
+    reporter:
+        The job's event sink (see :meth:`event`), or None.
+    base_dir:
+        The config file's folder: relative paths in the application's settings resolve
+        against it.
     """
 
     settings: Any
@@ -77,6 +85,15 @@ class JobView:
     device: str = "cpu"
     load_reference: Any = None
     input_image: Any = None
+    state_dir: Path | None = None
+    reporter: Any = None
+    base_dir: Path = Path(".")
+
+    def event(self, kind: str, **data: Any) -> None:
+        """Record an application event in the job's log (``log.jsonl``); a no-op without a
+        reporter (e.g. in worker processes)."""
+        if self.reporter is not None:
+            self.reporter.event(kind, **data)
 
     @property
     def num_scales(self) -> int:
