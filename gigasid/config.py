@@ -78,7 +78,7 @@ class LatentConfig:
     vae: str = "black-forest-labs/FLUX.1-schnell"
     subfolder: Union[str, None] = "vae"  # noqa: UP007
     dtype: str = "auto"
-    tile: int = 64
+    tile: int = 128
     halo: int = 8
     stats_pixels: int = 1048576
 

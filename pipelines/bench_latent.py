@@ -172,7 +172,7 @@ def bench_e2e(mp: int, root: Path) -> dict:
     flux, tiny = model_dir("flux", root), model_dir("tiny", root)
     base = [sys.executable, "-m", "gigasid", "run", str(REPO / "configs" / "retarget.yaml"),
             "input=builtin:astronaut", f"output_size=[{side},{side}]", "num_samples=1",
-            "output.formats=[png]", "--quiet", "--fresh"]
+            "num_steps=10", "output.formats=[png]", "--quiet", "--fresh"]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"pixel": [],

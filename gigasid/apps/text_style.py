@@ -100,6 +100,8 @@ def clip_loss(clip, text_emb: torch.Tensor, image01: torch.Tensor, n_aug: int, f
 class TextStyle(Reconstruct):
     name = "text_style"
     Config = TextStyleConfig
+    latent = False
+    latent_reason = "the CLIP gradient is taken on pixels (spec §8.4)"
 
     def validate(self, cfg) -> None:
         c = cfg.app_config

@@ -174,7 +174,7 @@ class VaeCodec(PixelCodec):
     name = "vae"
 
     def __init__(self, src: VaeSource, model, *, dtype: torch.dtype, device: str,
-                 tile: int = 64, halo: int = 8, stats_pixels: int = 2**20) -> None:
+                 tile: int = 128, halo: int = 8, stats_pixels: int = 2**20) -> None:
         self.src, self.model = src, model
         self.kind = src.class_name
         self.dtype, self.device = dtype, device
