@@ -85,6 +85,7 @@ def run(
         reference_shapes,
         resolve_device,
     )
+    from gigasid.engine.lock import RunLock
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
@@ -104,12 +105,16 @@ def run(
     inp = files[0]
     input_sha = inputs_fingerprint(files)
     fingerprint = _fingerprint(cfg, input_sha)
+    # One driver at a time: an existing run is locked before anything reads or clears it
+    # (a new directory right after it is created); a dead driver's lock is already gone.
+    lock = RunLock(out).acquire() if out.is_dir() else None
     _run_dir_guard(out, fingerprint, fresh)
     _disk_guard(cfg, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {out}: {exc}") from None
+    lock = lock or RunLock(out).acquire()
     resuming = (out / "job.yaml").exists() and not fresh
     if fresh:
         _clear_run(out)
@@ -139,6 +144,7 @@ def run(
         reporter.close()
     summary.pop("plan")
     (out / "timings.json").write_text(json.dumps(summary, indent=2))
+    lock.release()
     if not quiet:
         typer.echo(f"wrote {len(summary['samples'])} image(s) to {out}")
 
@@ -173,7 +179,7 @@ def _clear_run(out: Path) -> None:
     """Remove a previous run's state (only gigasid's own files) before a fresh start."""
     import shutil
 
-    for name in ("data.zarr", "markers", "out", "index", "app_state"):
+    for name in ("data.zarr", "markers", "out", "index", "app_state", "latent"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     for name in ("job.yaml", "plan.json", "timings.json", "log.jsonl"):

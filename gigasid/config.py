@@ -450,9 +450,14 @@ def validate(cfg: JobConfig) -> None:
     _check_range("engine.tile_size", e.tile_size, 0, None)
     if 0 < e.tile_size < 16:
         raise ConfigError("engine.tile_size must be 0 (automatic) or at least 16 px")
-    if not (e.scheduler in ("sync", "threads", "processes") or e.scheduler.startswith("tcp://")):
-        raise ConfigError("engine.scheduler must be sync, threads, processes or "
-                          f"tcp://host:port; got {e.scheduler!r}")
+    if e.scheduler.startswith("tcp://"):
+        # refused here, before any work (it used to pass and fail after the whole setup)
+        raise ConfigError(f"engine.scheduler: {e.scheduler} (a Dask distributed cluster) is "
+                          "not supported in this version; use sync, threads or processes "
+                          "(engine.workers: N worker processes on this machine)")
+    if e.scheduler not in ("sync", "threads", "processes"):
+        raise ConfigError("engine.scheduler must be sync, threads or processes; "
+                          f"got {e.scheduler!r}")
     _check_range("engine.workers", e.workers, 1, 1024)
     _check_choice("engine.reference", e.reference, ("auto", "memory", "disk"))
     if e.scheduler == "processes" and e.store == "memory":

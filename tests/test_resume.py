@@ -203,3 +203,37 @@ def test_status_of_a_finished_in_memory_run(tmp_path, photo_file):
     assert st.returncode == 0
     assert "sample 0: done" in st.stdout and "sample 1: done" in st.stdout
     assert "in progress" not in st.stdout and "finished" in st.stdout
+
+
+def test_one_driver_per_run_directory(tmp_path, job_args):
+    """A second `gigasid run` on a directory being driven is refused at once (exit 2) and
+    the first finishes with a clean run's bytes; a SIGKILLed driver leaves no stuck lock."""
+    from conftest import kill_cli_when
+
+    clean = tmp_path / "clean"
+    assert run_cli("run", *job_args, "--out", clean, "--quiet").returncode == 0
+    busy = tmp_path / "busy"
+    first = subprocess.Popen([sys.executable, "-m", "gigasid", "run", *map(str, job_args),
+                              "--out", str(busy), "--quiet"])
+    deadline = time.time() + 120
+    while first.poll() is None and _markers(busy) < 2 and time.time() < deadline:
+        time.sleep(0.005)
+    assert first.poll() is None, "the first driver finished before the second started"
+    t0 = time.time()
+    second = run_cli("run", *job_args, "--out", busy, "--quiet")
+    refused_after = time.time() - t0
+    still_running = first.poll() is None
+    first.wait()
+    assert second.returncode == 2, second.stderr
+    assert "being run by another gigasid driver" in second.stderr
+    assert str(first.pid) in second.stderr
+    assert still_running and refused_after < 30
+    assert first.returncode == 0
+    assert _result(busy)[1] == _result(clean)[1]
+    # --fresh does not get past a live driver either, and a dead driver's lock is gone
+    killed = tmp_path / "killed"
+    assert kill_cli_when(["run", *job_args, "--out", killed, "--quiet"],
+                         lambda: _markers(killed) >= 2)
+    r = run_cli("run", *job_args, "--out", killed, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert _result(killed)[1] == _result(clean)[1]

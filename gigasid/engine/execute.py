@@ -22,7 +22,6 @@ from gigasid.engine import graph
 from gigasid.engine.job import Job, prepare, set_threads
 from gigasid.engine.progress import Reporter
 from gigasid.engine.transition import run_transition
-from gigasid.errors import ConfigError
 
 
 def _mark(sample: int, scale: int, wave: int, tile: int | None = None) -> str:
@@ -235,9 +234,6 @@ def make_executor(cfg: JobConfig, run_dir: Path | None = None):
         return ProcessPoolExecutor(e.workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(cfg.to_dict(), str(Path(cfg.base_dir).resolve()),
                                              str(run_dir), per_worker))
-    if e.scheduler.startswith("tcp://"):
-        raise ConfigError(f"engine.scheduler: {e.scheduler} (a Dask cluster) is not available "
-                          "in this version; use sync, threads or processes")
     return None
 
 
