@@ -219,13 +219,21 @@ def test_symmetric_latent_output_is_exactly_symmetric(tmp_path, photo_file, vae_
     assert img.std() > 1.0  # not a constant image
 
 
-def test_tiny_autoencoder_job_runs(tmp_path, photo_file, vae_dirs):
+def test_tiny_autoencoder_job_runs_and_reports_codec_progress(tmp_path, photo_file, vae_dirs):
     ref = photo_file((64, 96))
     out = tmp_path / "tiny"
-    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"], "app=tileable"), "--out", out,
-                "--quiet")
+    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"], "app=tileable"), "--out", out)
     assert r.returncode == 0, r.stderr
     assert (out / "sample_000.png").is_file()
+    # plain progress lines (stderr is not a terminal) cover the VAE's encode and decode
+    from gigasid.codecs.tiles import tile_grid
+    from gigasid.core.domain import Domain
+
+    n = len(tile_grid(Domain.make((16, 24), ("torus", "torus")), 12, 4))
+    assert "VAE encode: tile 4/4" in r.stderr  # 16 x 24 latent in 12-px tiles, a plane
+    assert f"VAE decode: tile {n}/{n}" in r.stderr
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "codec_tile" and e.get("what") == "decode" for e in events)
 
 
 def _refused(r, *words):

@@ -278,7 +278,7 @@ class VaeCodec(PixelCodec):
             y0, y1, x0, x1 = t.core
             out[:, y0:y1, x0:x1] = run(t)
             if reporter is not None:
-                reporter.event("encode_tile", tile=i, tiles=len(tiles))
+                reporter.event("codec_tile", what="encode", done=i + 1, tiles=len(tiles))
         return out
 
     def decoder(self, read: Reader, domain: Domain, reporter=None):
@@ -303,12 +303,16 @@ class VaeCodec(PixelCodec):
                            reporter, "decode")
         row = max(1, -(-domain.stored_shape[1] // self.tile))
         cache: OrderedDict = OrderedDict()
+        done = [0]
 
         def decoded(t: Tile) -> torch.Tensor:
             if t.core in cache:
                 cache.move_to_end(t.core)
                 return cache[t.core]
             v = run(t)
+            done[0] += 1
+            if reporter is not None:
+                reporter.event("codec_tile", what="decode", done=done[0], tiles=len(tiles))
             cache[t.core] = v
             while len(cache) > row + 1:
                 cache.popitem(last=False)

@@ -90,6 +90,11 @@ class PlainReporter(Reporter):
                             f"step {d['step_index'] + 1}/{d['num_transitions']} "
                             f"({100 * self.clock.done / max(self.clock.total, 1e-9):.0f}%"
                             + (f", ETA {_fmt_eta(eta)})" if eta is not None else ")"))
+        elif kind == "codec_tile":
+            now = time.perf_counter()
+            if now - self.last >= self.every or d["done"] == d["tiles"]:
+                self.last = now
+                self._print(f"VAE {d['what']}: tile {d['done']}/{d['tiles']}")
         elif kind == "sample_done":
             self._print(f"sample {d['sample'] + 1} written: {d['path']} ({d['seconds']:.2f} s)")
         elif kind == "job_done":
@@ -115,12 +120,15 @@ class RichReporter(Reporter):
         )
         self.job_task = None
         self.scale_task = None
+        self.codec_task = None
+        self.codec_what = ""
         self.started = False
 
     def event(self, kind: str, **d: Any) -> None:
         p = self.progress
         if kind == "job_start":
-            p.start()
+            if not self.started:
+                p.start()
             self.started = True
             self.job_task = p.add_task("total", total=d["work_total"])
         elif kind == "scale_start":
@@ -132,6 +140,17 @@ class RichReporter(Reporter):
         elif kind == "step_done":
             p.advance(self.scale_task, 1)
             p.advance(self.job_task, d["work"])
+        elif kind == "codec_tile":
+            # VAE encode (during setup) and decode (while writing a sample) tile by tile
+            if not self.started:
+                p.start()
+                self.started = True
+            if self.codec_task is None or self.codec_what != d["what"]:
+                if self.codec_task is not None:
+                    p.remove_task(self.codec_task)
+                self.codec_task = p.add_task(f"VAE {d['what']}", total=d["tiles"])
+                self.codec_what = d["what"]
+            p.update(self.codec_task, completed=d["done"])
         elif kind == "sample_done":
             p.console.print(f"sample {d['sample'] + 1} -> {d['path']} ({d['seconds']:.2f} s)")
 
