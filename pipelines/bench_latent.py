@@ -5,6 +5,7 @@ Usage::
 
     python pipelines/bench_latent.py codec [--size 1024]        # full-size FLUX VAE
     python pipelines/bench_latent.py e2e [--mp 4]                # gigasid run, latent vs pixel
+    python pipelines/bench_latent.py store                       # Zarr chunk codecs for latents
 
 ``codec`` builds the FLUX.1 VAE architecture (AutoencoderKL, 16 latent channels, 83.8 M
 parameters) from its config with random weights (the cost and the tiling behaviour depend on
@@ -191,6 +192,45 @@ def bench_e2e(mp: int, root: Path) -> dict:
     return {"output_side": side, "runs": rows}
 
 
+def bench_store(repeats: int = 5) -> dict:
+    """Zarr chunk codecs for 16-channel float32 sampler state (one 16 x 128 x 128 chunk):
+    write + read seconds and stored size, for a noisy state (early steps: x_t is mostly
+    noise) and a smooth one (late steps: a latent-like field)."""
+    import numpy as np
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(16, 128, 128, generator=g).numpy()
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 16, 32, 32, generator=g),
+                                             size=(128, 128), mode="bicubic")[0].numpy()
+    codecs = {"none": None, "zstd-1": ZstdCodec(level=1), "zstd-3": ZstdCodec(level=3),
+              "blosc-lz4-shuffle": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+              "blosc-zstd-bitshuffle": BloscCodec(cname="zstd", clevel=3,
+                                                  shuffle="bitshuffle")}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, codec in codecs.items():
+            for kind, data in (("noisy", noisy), ("smooth", smooth)):
+                times = []
+                for r in range(repeats):
+                    path = f"{tmp}/{name}-{kind}-{r}.zarr"
+                    arr = zarr.create_array(path, shape=data.shape, chunks=data.shape,
+                                            dtype="float32",
+                                            compressors=None if codec is None else [codec])
+                    t0 = time.perf_counter()
+                    arr[:] = data
+                    back = np.asarray(arr[:])
+                    times.append(time.perf_counter() - t0)
+                    assert np.array_equal(back, data)
+                size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()
+                           and f.name != "zarr.json")
+                out[f"{name}/{kind}"] = {"seconds": sorted(times)[len(times) // 2],
+                                         "ratio": size / data.nbytes}
+                print(name, kind, out[f"{name}/{kind}"], flush=True)
+    return out
+
+
 def write_report(results: dict) -> None:
     lines = ["# bench_latent", "", f"machine: {json.dumps(results.get('machine', {}))}", ""]
     for key, c in sorted(results.items()):
@@ -229,12 +269,22 @@ def write_report(results: dict) -> None:
             lines.append(f"| {name} | {r['wall_s']:.1f} | {r['setup_s']:.1f} | "
                          f"{r['sample_s']:.1f} | {r['peak_rss_anon_mb']:.0f} |")
         lines.append("")
+    if "store" in results:
+        lines += ["## Zarr chunk codec for 16-channel float32 state (16 x 128 x 128 chunk)", "",
+                  "| codec | noisy: write+read ms, size | smooth: write+read ms, size |",
+                  "|---|---|---|"]
+        names = sorted({k.split("/")[0] for k in results["store"]})
+        for n in names:
+            a, b = results["store"][f"{n}/noisy"], results["store"][f"{n}/smooth"]
+            lines.append(f"| {n} | {1000 * a['seconds']:.1f} ms, {a['ratio']:.2f} | "
+                         f"{1000 * b['seconds']:.1f} ms, {b['ratio']:.2f} |")
+        lines.append("")
     (HERE / "results" / "bench_latent.md").write_text("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["codec", "e2e"])
+    ap.add_argument("part", choices=["codec", "e2e", "store"])
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--halo", type=int, default=8)
@@ -248,6 +298,8 @@ def main() -> None:
     results["machine"] = machine()
     if a.part == "codec":
         results[f"codec_{a.size}"] = bench_codec(a.size, a.tile, a.halo, root)
+    elif a.part == "store":
+        results["store"] = bench_store()
     else:
         results[f"e2e_{a.mp}mp"] = bench_e2e(a.mp, root)
     path.write_text(json.dumps(results, indent=2))
