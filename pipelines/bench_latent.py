@@ -24,6 +24,7 @@ Writes ``results/bench_latent.json`` (merged per part) and ``results/bench_laten
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -137,33 +138,32 @@ def bench_codec(size: int, tile: int, halo: int, root: Path) -> dict:
                                   "psnr_vs_whole_db": psnr(ys, y),
                                   "seam_ratio": seam_ratio(ys, tile * c.factor)}
         print(json.dumps(out), flush=True)
-    # tiles with the whole image's statistics: what the halo alone costs in agreement
-    fx = FixedStatistics(model.decoder)
-    with torch.no_grad():
-        with fx.measure([(0.0, 1.0, 0.0, 1.0)]):
-            c._decode_net(z[None])
+    def tiles(context) -> torch.Tensor:
+        """Decode tile by tile; ``context()`` wraps every tile's call."""
         yt = torch.zeros_like(y)
         f = c.factor
-        t0 = time.perf_counter()
-        for tl in tile_grid(dom, tile, halo):
-            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, tl.window)
-            with fx.apply():
-                o = c._decode_net(w[None])[0]
-            y0, y1, x0, x1 = (v * f for v in tl.core)
-            yt[:, y0:y1, x0:x1] = c._crop(tl, o, f)
-        t = time.perf_counter() - t0
+        with torch.no_grad():
+            for tl in tile_grid(dom, tile, halo):
+                w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, tl.window)
+                with context():
+                    o = c._decode_net(w[None])[0]
+                y0, y1, x0, x1 = (v * f for v in tl.core)
+                yt[:, y0:y1, x0:x1] = c._crop(tl, o, f)
+        return yt
+
+    # tiles with the whole image's statistics: what the halo alone costs in agreement
+    fx = FixedStatistics(model.decoder)
+    with torch.no_grad(), fx.measure([(0.0, 1.0, 0.0, 1.0)]):
+        c._decode_net(z[None])
+    t0 = time.perf_counter()
+    yt = tiles(fx.apply)
+    t = time.perf_counter() - t0
     out["tiles_whole_stats_decode"] = {"seconds": t, "psnr_vs_whole_db": psnr(yt, y),
-                                       "seam_ratio": seam_ratio(yt, tile * f)}
+                                       "seam_ratio": seam_ratio(yt, tile * c.factor)}
     # naive tiles: each tile normalised by its own statistics and attending to itself
-    with torch.no_grad():
-        yn = torch.zeros_like(y)
-        for tl in tile_grid(dom, tile, halo):
-            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, tl.window)
-            o = c._decode_net(w[None])[0]
-            y0, y1, x0, x1 = (v * f for v in tl.core)
-            yn[:, y0:y1, x0:x1] = c._crop(tl, o, f)
+    yn = tiles(contextlib.nullcontext)
     out["naive_tiles_decode"] = {"psnr_vs_whole_db": psnr(yn, y),
-                                 "seam_ratio": seam_ratio(yn, tile * f)}
+                                 "seam_ratio": seam_ratio(yn, tile * c.factor)}
     print(json.dumps(out), flush=True)
     return out
 

@@ -74,41 +74,59 @@ def test_fixed_groupnorm_on_the_whole_image_is_torch_groupnorm(vae_dirs):
     assert torch.allclose(applied, ref, atol=1e-5)
 
 
+def _streamed_and_whole(codec, pixels):
+    """``(streamed encode, whole encode, streamed decode, whole decode)`` of ``pixels``
+    (the decodes both of the whole-image latent)."""
+    from gigasid.core.domain import Domain
+
+    z = codec.encode(pixels)
+    with torch.no_grad():
+        z_whole = codec._encode_net(pixels[None])[0]
+        y_whole = codec._decode_net(z_whole[None])[0]
+    dec = codec.decoder(lambda r: z_whole[:, r[0]:r[1], r[2]:r[3]], Domain.make(z.shape[1:]))
+    _, h, w = pixels.shape
+    return z, z_whole, dec((0, h, 0, w)), y_whole
+
+
 @pytest.mark.parametrize("kind", ["kl", "tiny"])
 def test_streamed_equals_whole_call_when_the_image_fits_the_budget(vae_dirs, pixels, kind):
     c = _codec(vae_dirs[kind], tile=12, halo=4)  # 12 divides neither 44 nor 62
-    z = c.encode(pixels)
-    from gigasid.core.domain import Domain
-
-    with torch.no_grad():
-        z_whole = c._encode_net(pixels[None])[0]
-        y_whole = c._decode_net(z_whole[None])[0]
+    z, z_whole, y, y_whole = _streamed_and_whole(c, pixels)
     assert torch.allclose(z, z_whole, atol=1e-4)
-    dec = c.decoder(lambda r: z_whole[:, r[0]:r[1], r[2]:r[3]], Domain.make(z.shape[1:]))
-    assert torch.allclose(dec((0, 176, 0, 248)), y_whole, atol=1e-4)
+    assert torch.allclose(y, y_whole, atol=1e-4)
 
 
 def test_tiny_autoencoder_tiles_exactly(vae_dirs, pixels):
     """AutoencoderTiny has a bounded receptive field and no GroupNorm: with a halo that
     covers it, tiles equal the whole call even when the image is over the budget."""
-    from gigasid.core.domain import Domain
-
     c = _codec(vae_dirs["tiny"], tile=12, halo=8, stats_pixels=4096)
-    z = c.encode(pixels)
-    with torch.no_grad():
-        z_whole = c._encode_net(pixels[None])[0]
-        y_whole = c._decode_net(z_whole[None])[0]
+    z, z_whole, y, y_whole = _streamed_and_whole(c, pixels)
     assert torch.allclose(z, z_whole, atol=1e-5)
-    dec = c.decoder(lambda r: z_whole[:, r[0]:r[1], r[2]:r[3]], Domain.make(z.shape[1:]))
-    assert torch.allclose(dec((0, 176, 0, 248)), y_whole, atol=1e-5)
+    assert torch.allclose(y, y_whole, atol=1e-5)
+
+
+def _tiles_with(fixed, codec, z, tile, halo):
+    """Decode ``z`` tile by tile with the image-wide state ``fixed`` already measured."""
+    from gigasid.codecs.tiles import tile_grid
+    from gigasid.core.domain import Domain, read_window
+
+    dom = Domain.make(z.shape[1:])
+    f = codec.factor
+    out = torch.zeros(3, z.shape[1] * f, z.shape[2] * f)
+    with torch.no_grad():
+        for t in tile_grid(dom, tile, halo):
+            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, t.window)
+            with fixed.apply():
+                o = codec._decode_net(w[None])[0]
+            y0, y1, x0, x1 = (v * f for v in t.core)
+            out[:, y0:y1, x0:x1] = codec._crop(t, o, f)
+    return out
 
 
 def test_tiles_with_fixed_statistics_match_the_whole_decode(vae_dirs, pixels):
-    """The tiled decode's error with the whole image's statistics comes from the halo only
-    (and the mid-block attention seeing its window): >= 40 dB on the tiny KL VAE."""
+    """With the whole image's GroupNorm statistics and attention context, the tiled decode's
+    error comes from the halo only: >= 40 dB on the tiny KL VAE."""
     from gigasid.codecs.fixed_stats import FixedStatistics
-    from gigasid.codecs.tiles import tile_grid
-    from gigasid.core.domain import Domain, read_window
 
     c = _codec(vae_dirs["kl"], tile=12, halo=6)
     with torch.no_grad():
@@ -117,25 +135,10 @@ def test_tiles_with_fixed_statistics_match_the_whole_decode(vae_dirs, pixels):
         gn = FixedStatistics(c.model.decoder)
         with gn.measure([(0.0, 1.0, 0.0, 1.0)]):
             c._decode_net(z[None])
-        dom = Domain.make(z.shape[1:])
-        out = torch.zeros_like(y_whole)
-        for t in tile_grid(dom, 12, 6):
-            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, t.window)
-            with gn.apply():
-                o = c._decode_net(w[None])[0]
-            y0, y1, x0, x1 = (v * 4 for v in t.core)
-            out[:, y0:y1, x0:x1] = c._crop(t, o, 4)
+    out = _tiles_with(gn, c, z, 12, 6)
     assert _psnr(out, y_whole) >= 40.0
     # and without a halo it is clearly worse: the halo is what buys the agreement
-    c0 = _codec(vae_dirs["kl"], tile=12, halo=0)
-    with torch.no_grad():
-        out0 = torch.zeros_like(y_whole)
-        for t in tile_grid(dom, 12, 0):
-            w = read_window(lambda r: z[:, r[0]:r[1], r[2]:r[3]], dom, t.window)
-            with gn.apply():
-                o = c0._decode_net(w[None])[0]
-            y0, y1, x0, x1 = (v * 4 for v in t.core)
-            out0[:, y0:y1, x0:x1] = c0._crop(t, o, 4)
+    out0 = _tiles_with(gn, c, z, 12, 0)
     assert _psnr(out0, y_whole) < _psnr(out, y_whole) - 3
 
 

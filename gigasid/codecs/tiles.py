@@ -33,10 +33,6 @@ class Tile:
     def window_shape(self) -> tuple[int, int]:
         return (self.window[1] - self.window[0], self.window[3] - self.window[2])
 
-    def core_fraction(self) -> tuple[float, float, float, float]:
-        """The core as fractions of the window (top, bottom, left, right)."""
-        return core_fraction(self, self.window_shape)
-
 
 def _axis_window(axis: Axis, a: int, b: int, halo: int) -> tuple[int, int, bool]:
     """Window of core ``[a, b)`` along an axis, and whether it is the whole periodic axis."""

@@ -221,10 +221,9 @@ class VaeCodec(PixelCodec):
             # and right to one shape, to run as one batch; only their cores are measured
             hm = max(t.window_shape[0] for t in calib)
             wm = max(t.window_shape[1] for t in calib)
-            scale = in_scale
             batch = torch.stack([F.pad(read_window_fn(t)[None],
-                                       (0, (wm - t.window_shape[1]) * scale, 0,
-                                        (hm - t.window_shape[0]) * scale),
+                                       (0, (wm - t.window_shape[1]) * in_scale, 0,
+                                        (hm - t.window_shape[0]) * in_scale),
                                        mode="replicate")[0] for t in calib])
             with torch.no_grad(), gn.measure([core_fraction(t, (hm, wm)) for t in calib]), \
                     axis_padding(part, calib[0].circular):

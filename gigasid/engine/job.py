@@ -135,6 +135,20 @@ def inputs_fingerprint(paths: list[Path]) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
+def input_pixels(path: Path, crop, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """An input's pixels as a job uses them: ``(3, h, w)`` in ``[0, 1]``, resized to
+    ``shape`` when given (``input_resize_to``), then cropped to ``crop``."""
+    from gigasid.io.images import load_image
+
+    img = load_image(path)
+    if shape is not None and tuple(img.shape[1:]) != tuple(shape):
+        from gigasid.core.resample import resize
+
+        img = resize(img, tuple(shape))
+    y0, y1, x0, x1 = crop
+    return img[:, y0:y1, x0:x1]
+
+
 def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str,
                  reporter: Reporter | None = None, name: str = "ref",
                  shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -144,20 +158,12 @@ def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str
     A latent encoding of a persistent run is cached in ``RUN/latent`` (keyed by the file's
     and the codec's fingerprints), so a resumed run and every worker process reuse it.
     """
-    from gigasid.io.images import load_image
-
     cache = None
     if run_dir is not None and codec.factor > 1:
         cache = Path(run_dir) / "latent" / f"{name}-{fingerprint[:16]}-{codec.fingerprint()}.pt"
         if cache.is_file():
             return torch.load(cache, weights_only=True)
-    y0, y1, x0, x1 = crop
-    pixels = load_image(path)
-    if shape is not None and tuple(pixels.shape[1:]) != tuple(shape):
-        from gigasid.core.resample import resize
-
-        pixels = resize(pixels, tuple(shape))
-    pixels = pixels[:, y0:y1, x0:x1] * 2.0 - 1.0
+    pixels = input_pixels(path, crop, shape) * 2.0 - 1.0
     if codec.factor == 1:
         return pixels
     t0 = time.perf_counter()
@@ -301,13 +307,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
                             reporter, "extra")
 
     def input_image(i: int) -> torch.Tensor:
-        y0, y1, x0, x1 = plan.crops[i]
-        img = load_image(paths[i])
-        if tuple(img.shape[1:]) != tuple(plan.pixel_refs[i]):
-            from gigasid.core.resample import resize
-
-            img = resize(img, tuple(plan.pixel_refs[i]))
-        return img[:, y0:y1, x0:x1]
+        return input_pixels(paths[i], plan.crops[i], plan.pixel_refs[i])
 
     contexts = _contexts(cfg, plan, refs[0][0].shape[0], device)
     view = JobView(settings=cfg.app_config, seed=cfg.seed, eta=cfg.eta,
