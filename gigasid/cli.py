@@ -77,6 +77,7 @@ def run(
 
     from gigasid.codecs import make_codec
     from gigasid.config import dump_yaml, load_config
+    from gigasid.engine.execute import is_cluster
     from gigasid.engine.job import (
         check_input_files,
         get_app,
@@ -110,11 +111,27 @@ def run(
     lock = RunLock(out).acquire() if out.is_dir() else None
     _run_dir_guard(out, fingerprint, fresh)
     _disk_guard(cfg, out)
+    # A cluster is reached (or a local one started) before the run directory is created and
+    # before any index is built: an unreachable scheduler costs seconds, not the setup.
+    executor = None
+    if is_cluster(cfg.engine.scheduler):
+        from gigasid.engine.cluster import connect
+
+        executor = connect(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {out}: {exc}") from None
     lock = lock or RunLock(out).acquire()
+    if executor is not None:
+        if not quiet:
+            typer.echo(f"Dask cluster {cfg.engine.scheduler}: dashboard {executor.dashboard}",
+                       err=True)
+        try:
+            executor.check_run_dir(out, files)
+        except BaseException:
+            executor.shutdown()
+            raise
     resuming = (out / "job.yaml").exists() and not fresh
     if fresh:
         _clear_run(out)
@@ -127,11 +144,16 @@ def run(
     screen = None if quiet else (RichReporter() if sys.stderr.isatty() else PlainReporter())
     reporter = Fanout(log, screen)
     try:
-        job = prepare(cfg, reporter, run_dir=out)
+        try:
+            job = prepare(cfg, reporter, run_dir=out)
+        except BaseException:
+            if executor is not None:
+                executor.shutdown()
+            raise
         (out / "plan.json").write_text(json.dumps(job.plan.to_dict(), indent=2, default=list))
         if resuming:
             log.event("resume", store=job.plan.store)
-        summary = run_job(cfg, out, reporter, job=job)
+        summary = run_job(cfg, out, reporter, job=job, executor=executor)
     except KeyboardInterrupt:
         log.event("interrupted")
         if (out / "data.zarr").exists():

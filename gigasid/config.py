@@ -127,8 +127,14 @@ class JobConfig:
         return d
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical YAML of the resolved config."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=True)
+        """SHA-256 of the canonical YAML of the resolved config, without the settings that
+        cannot change a result or the run directory's layout (``engine.threads``, and which
+        cluster ``engine.scheduler`` names: a run resumes on another cluster)."""
+        doc = self.to_dict()
+        doc["engine"].pop("threads", None)
+        if "://" in doc["engine"]["scheduler"]:
+            doc["engine"]["scheduler"] = "cluster"
+        text = yaml.safe_dump(doc, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def resolve_path(self, value: str) -> Path:
@@ -450,14 +456,13 @@ def validate(cfg: JobConfig) -> None:
     _check_range("engine.tile_size", e.tile_size, 0, None)
     if 0 < e.tile_size < 16:
         raise ConfigError("engine.tile_size must be 0 (automatic) or at least 16 px")
-    if e.scheduler.startswith("tcp://"):
-        # refused here, before any work (it used to pass and fail after the whole setup)
-        raise ConfigError(f"engine.scheduler: {e.scheduler} (a Dask distributed cluster) is "
-                          "not supported in this version; use sync, threads or processes "
-                          "(engine.workers: N worker processes on this machine)")
-    if e.scheduler not in ("sync", "threads", "processes"):
-        raise ConfigError("engine.scheduler must be sync, threads or processes; "
-                          f"got {e.scheduler!r}")
+    cluster = e.scheduler == "local-cluster" or e.scheduler.startswith(("tcp://", "tls://"))
+    if not cluster and e.scheduler not in ("sync", "threads", "processes"):
+        raise ConfigError("engine.scheduler must be sync, threads, processes, local-cluster or "
+                          f"a Dask scheduler address (tcp://HOST:PORT); got {e.scheduler!r}")
+    if cluster and e.store == "memory":
+        raise ConfigError(f"engine.scheduler: {e.scheduler} needs engine.store: zarr (cluster "
+                          "workers share the run directory, not this process's memory)")
     _check_range("engine.workers", e.workers, 1, 1024)
     _check_choice("engine.reference", e.reference, ("auto", "memory", "disk"))
     if e.scheduler == "processes" and e.store == "memory":

@@ -185,13 +185,3 @@ def test_reconstruct_writes_its_psnr_to_timings(tmp_path, photo_file):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "timings.json").read_text())["metrics"]
     assert metrics[0]["psnr_db"] > 25
-
-
-def test_cluster_scheduler_is_refused_before_any_work(tmp_path, small_ref):
-    import time
-
-    t0 = time.time()
-    r = run_cli("run", REPO / "configs" / "demo.yaml", f"input={small_ref}",
-                "engine.scheduler=tcp://127.0.0.1:1", "--out", tmp_path / "run")
-    assert r.returncode == 2 and "not supported in this version" in r.stderr
-    assert not (tmp_path / "run").exists() and time.time() - t0 < 60

@@ -37,48 +37,148 @@ def test_tiles_touching_matches_brute_force():
         assert graph.tiles_touching(shape, tile, win) == want
 
 
-def _random_topological_run(deps, done, rng):
-    """Execute the graph's tasks in a random order allowed by its edges."""
-    ntiles = len(deps[0])
-    pending = {(w, t) for w in range(len(deps)) for t in range(ntiles) if not done(w, t)}
-    finished = {(w, t) for w in range(len(deps)) for t in range(ntiles) if done(w, t)}
-    order = []
-    while pending:
-        ready = [k for k in pending if all((k[0] - 1, u) in finished for u in deps[k[0]][k[1]])]
-        assert ready, "the graph has a cycle or a missing task"
-        k = rng.choice(ready)
-        pending.remove(k)
-        finished.add(k)
-        order.append(k)
-    return order
+def _graph_deps(dsk):
+    """Dependencies of every node of a scale graph (tile tasks and wave barriers)."""
+    out = {}
+    for key, val in dsk.items():
+        if not isinstance(val, tuple):
+            out[key] = []
+        elif len(val) == 4:  # (task, wave, tile, deps)
+            out[key] = list(val[3])
+        else:  # (join, tiles)
+            out[key] = list(val[1])
+    return out
 
 
-def _check_versions(reads, deps, ntiles, rng):
-    """Run a random schedule on a double-buffered state; every read must see the previous
-    wave's chunk. Returns the wave each chunk of each buffer holds at the end."""
-    version = [[None] * ntiles, [None] * ntiles]
-    for w, t in _random_topological_run(deps, lambda w, t: False, rng):
-        if w > 0:
-            for u in reads[w - 1][t]:
-                assert version[(w - 1) % 2][u] == w - 1, (w, t, u)
-        version[w % 2][t] = w
-    return version
+def _simulate(reads, ntiles, rng, replay=0.3, twins=0.3):
+    """Run a scale graph under an adversarial scheduler and a model of the run directory.
+
+    Every tile task runs the phases of ``execute._tile_work``: marker check, reads of the
+    previous wave's array, marker check, write, marker. The scheduler starts ready tasks in
+    random order, interleaves the phases of all running copies at random, starts twins of
+    running tasks (a task run twice) and replays of finished ones (a result lost with a
+    worker) at any time; the driver frees arrays as ``graph.collectable`` allows. Asserts
+    that no write is ever based on a read of a missing or wrong chunk and that the last
+    wave ends complete; returns how many copies ran to a write.
+    """
+    n = len(reads)
+    deps = graph.wave_dependencies(reads, ntiles)
+    dsk, _ = graph.scale_graph("s", deps, lambda *a: None, lambda w, t: False)
+    need = _graph_deps(dsk)
+    arrays = {w: {} for w in range(n + 1)}  # wave -> tile -> wave that wrote the chunk
+    freed: set[int] = set()
+    marks: set[tuple[int, int]] = set()
+    left = [ntiles] * (n + 1)
+    finished: set = set()  # keys the scheduler has seen complete
+    started: set = set()
+    running: list = []
+    writes = 0
+
+    def copy(w, t):
+        if (w, t) in marks:
+            return
+        yield
+        ok = True
+        for u in (reads[w - 1][t] if w else []):
+            got = None if (w - 1) in freed else arrays[w - 1].get(u)
+            ok &= got == w - 1
+            yield
+        if (w, t) in marks:  # a twin finished first
+            return
+        assert ok, f"task {(w, t)} would write a tile computed from a stale read"
+        assert w not in freed, f"task {(w, t)} writes into a freed array"
+        arrays[w][t] = w
+        yield
+        marks.add((w, t))
+
+    def complete(key):
+        if key in finished:
+            return
+        finished.add(key)
+        if key[1] == "wave":
+            return
+        w = key[1]
+        left[w] -= 1
+        if left[w] == 0:
+            old = graph.collectable(w)
+            if old is not None:
+                freed.add(old)
+
+    while len(finished) < len(dsk):
+        ready = [k for k in dsk if k not in started and all(d in finished for d in need[k])]
+        choice = rng.random()
+        if ready and (not running or choice < 0.4):
+            key = rng.choice(ready)
+            started.add(key)
+            if key[1] == "wave":
+                complete(key)
+            else:
+                running.append((key, key, copy(key[1], key[2])))
+            continue
+        crowded = len(running) > 6  # extra copies compete with real progress, keep them few
+        if running and not crowded and choice < 0.4 + twins * 0.2:
+            _, key, _ = rng.choice(running)
+            running.append((None, key, copy(key[1], key[2])))  # a twin: reports nothing
+            continue
+        done_tiles = [k for k in finished if k[1] != "wave"]
+        if done_tiles and not crowded and choice > 1 - replay * 0.2:
+            key = rng.choice(done_tiles)
+            running.append((None, key, copy(key[1], key[2])))
+            continue
+        if running:
+            i = rng.randrange(len(running))
+            key, _, gen = running[i]
+            try:
+                next(gen)
+            except StopIteration:
+                running.pop(i)
+                if key is not None:
+                    complete(key)
+                    writes += 1
+    for _, _, gen in running:  # late copies finish after everything else
+        for _ in gen:
+            pass
+    assert all(arrays[n].get(t) == n for t in range(ntiles))
+    assert freed == set(range(n)), "every wave but the last is freed"
+    return writes
 
 
 @pytest.mark.parametrize("tile", [16, 23, 40])
 @pytest.mark.parametrize("kinds", [("plane", "plane"), ("torus", "torus"), ("mirror", "mirror")])
 def test_every_schedule_reads_the_wave_it_needs(tile, kinds):
-    """Double-buffered state: whatever order the edges allow, each task reads chunks written
-    by the previous wave (never overwritten by a later one) and the last wave is complete."""
+    """Whatever order the edges allow, with tasks run twice, replayed late and interleaved,
+    every write comes from reads of the previous wave's chunks and no write lands in a
+    freed array."""
     ctx = _ctx((90, 104), kinds=kinds)
     trs = _transitions()
     tiles = tile_grid(ctx.stored_shape, tile)
     reads = graph.read_sets(ctx, tile, tiles, trs)
-    deps = graph.wave_dependencies(reads, len(tiles))
     rng = random.Random(tile)
-    for _ in range(5):
-        version = _check_versions(reads, deps, len(tiles), rng)
-        assert version[len(trs) % 2] == [len(trs)] * len(tiles)
+    for _ in range(4):
+        _simulate(reads, len(tiles), rng)
+
+
+def test_live_arrays_are_bounded_by_the_lookahead():
+    """No task of wave ``c + LOOKAHEAD + 1`` can start before wave ``c`` is complete."""
+    ctx = _ctx((90, 104))
+    tiles = tile_grid(ctx.shape, 16)
+    trs = _transitions()
+    deps = graph.wave_dependencies(graph.read_sets(ctx, 16, tiles, trs), len(tiles))
+    dsk, _ = graph.scale_graph("s", deps, lambda *a: None, lambda w, t: False)
+    need = _graph_deps(dsk)
+
+    def ancestors(key):
+        seen, todo = set(), [key]
+        while todo:
+            for d in need[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+
+    for w in range(graph.LOOKAHEAD, len(trs) + 1):
+        anc = ancestors(("s", w, 0))
+        assert {("s", w - graph.LOOKAHEAD, t) for t in range(len(tiles))} <= anc
 
 
 def test_torus_and_mirror_read_sets_wrap_and_reflect():
@@ -105,8 +205,9 @@ def test_waves_overlap_without_a_barrier():
     tiles = tile_grid(ctx.shape, 16)
     reads = graph.read_sets(ctx, 16, tiles, _transitions())
     deps = graph.wave_dependencies(reads, len(tiles))
+    dsk, _ = graph.scale_graph("s", deps, lambda *a: None, lambda w, t: False)
+    assert ("s", 1, len(tiles) - 1) not in _graph_deps(dsk)[("s", 2, 0)]
     assert len(deps[2][0]) < len(tiles)
-    assert len(tiles) - 1 not in deps[2][0]
 
 
 def test_done_tiles_become_constants():
@@ -129,14 +230,21 @@ def test_done_tiles_become_constants():
 
 
 
-def test_asymmetric_reads_need_write_after_read_edges():
-    """Random, asymmetric read sets (tile t reads u does not imply u reads t): the
-    write-after-read edges keep every schedule correct."""
+def test_asymmetric_reads_are_safe_under_replays():
+    """Random, asymmetric read sets (tile t reads u does not imply u reads t) under the
+    adversarial scheduler of ``_simulate``."""
     rng = random.Random(3)
     for _ in range(20):
         ntiles, n = 6, 4
         reads = [[sorted({t, *rng.sample(range(ntiles), 2)}) for t in range(ntiles)]
                  for _ in range(n)]
-        deps = graph.wave_dependencies(reads, ntiles)
-        for _ in range(5):
-            _check_versions(reads, deps, ntiles, rng)
+        _simulate(reads, ntiles, rng)
+
+
+def test_a_clean_schedule_writes_every_tile_once():
+    rng = random.Random(5)
+    ctx = _ctx((90, 104))
+    tiles = tile_grid(ctx.shape, 23)
+    reads = graph.read_sets(ctx, 23, tiles, _transitions())
+    writes = _simulate(reads, len(tiles), rng, replay=0.0, twins=0.0)
+    assert writes == len(tiles) * (len(_transitions()) + 1)

@@ -65,3 +65,37 @@ def test_pyramid_shapes_and_auto_scales():
         pyramid_shapes((100, 100), 6, 0.5, 24)
     levels = build_pyramid(torch.rand(3, 64, 48), pyramid_shapes((64, 48), 3, 0.5, None))
     assert [tuple(lv.shape[-2:]) for lv in levels] == [(64, 48), (32, 24), (16, 12)]
+
+
+def test_blocks_equal_whole_image_bitwise(photo):
+    from gigasid.core.pyramid import resize_in_bands
+
+    for shp in [(128, 128), (100, 190), (300, 260)]:
+        want = resample.resize(photo, shp)
+        got = resize_in_bands(photo, shp, rows=37, cols=53)
+        assert torch.equal(got, want), shp
+
+
+def test_a_very_wide_band_reads_bounded_windows(monkeypatch):
+    """A 65 536-px-wide reference is resampled block by block: the largest window any block
+    reads (what its working memory is proportional to) does not grow with the width."""
+    from gigasid.core import pyramid
+
+    seen = []
+    real = resample.resize_region
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.numel() * x.element_size())
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(resample, "resize_region", spy)
+    peaks = {}
+    for width in (8192, 65536):
+        src = torch.rand(3, 24, width)
+        seen.clear()
+        out = pyramid.resize_in_bands(src, (12, width // 2), rows=256, cols=2048)
+        assert out.shape == (3, 12, width // 2)
+        peaks[width] = max(seen)
+    assert peaks[65536] <= 1.01 * peaks[8192]  # border blocks differ by a few taps
+    # 2048 output columns read about 2 x 2048 input columns plus the taps.
+    assert peaks[65536] <= 3 * 24 * (2 * 2048 + 16) * 4

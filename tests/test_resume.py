@@ -13,9 +13,13 @@ import zarr
 from conftest import REPO, kill_cli_when, run_cli
 
 
-@pytest.fixture
-def job_args(photo_file):
-    ref = photo_file((64, 64))
+@pytest.fixture(scope="module")
+def job_args(photo, tmp_path_factory):
+    from gigasid.core.resample import resize
+    from gigasid.io.images import save_png, to_uint8
+
+    ref = tmp_path_factory.mktemp("resume") / "ref.png"
+    save_png(to_uint8((resize(photo, (64, 64)) + 1) / 2), ref)
     return [REPO / "configs" / "demo.yaml", f"input={ref}", "num_samples=1",
             "output_size=[96,128]", "patch_size=7", "num_steps=6", "eta=0.5",
             "pyramid.min_short_side=14", "engine.store=zarr", "engine.tile_size=32",
@@ -32,9 +36,17 @@ def _markers(run_dir):
     return len(list(d.iterdir())) if d.exists() else 0
 
 
-def test_kill_and_resume_gives_identical_bytes(tmp_path, job_args):
-    ref_dir = tmp_path / "uninterrupted"
-    assert run_cli("run", *job_args, "--out", ref_dir, "--quiet").returncode == 0
+@pytest.fixture(scope="module")
+def clean_run(job_args, tmp_path_factory):
+    """The uninterrupted sync run of ``job_args`` (shared: every test compares with it)."""
+    run_dir = tmp_path_factory.mktemp("resume") / "clean"
+    r = run_cli("run", *job_args, "--out", run_dir, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return run_dir
+
+
+def test_kill_and_resume_gives_identical_bytes(tmp_path, job_args, clean_run):
+    ref_dir = clean_run
     expected = _result(ref_dir)
     total = _markers(ref_dir)
 
@@ -69,14 +81,19 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, job_args):
     assert _result(run_dir)[1] == expected[1]
 
 
-def test_damaged_state_chunk_is_recomputed(tmp_path, job_args):
+def test_damaged_state_chunk_is_recomputed(tmp_path, job_args, clean_run):
+    import shutil
+
     run_dir = tmp_path / "run"
-    assert run_cli("run", *job_args, "--out", run_dir, "--quiet").returncode == 0
+    shutil.copytree(clean_run, run_dir)
+    (run_dir / "driver.lock").unlink(missing_ok=True)
     expected = _result(run_dir)
     # Pretend the run stopped before writing the output, with one state chunk truncated.
     (run_dir / "markers" / "x0-written").unlink()
-    # num_steps=6: the finished state of each scale is in buffer b0 (6 % 2).
-    chunk = run_dir / "data.zarr" / "x0" / "s1" / "b0" / "c" / "0" / "0" / "0"
+    # num_steps=6: the finished state of each scale is wave 6's array (the only one kept).
+    assert sorted(p.name for p in (run_dir / "data.zarr" / "x0" / "s1").iterdir()
+                  if p.is_dir()) == ["w6"]
+    chunk = run_dir / "data.zarr" / "x0" / "s1" / "w6" / "c" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:100])
     r = run_cli("run", *job_args, "--out", run_dir, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -85,9 +102,8 @@ def test_damaged_state_chunk_is_recomputed(tmp_path, job_args):
     assert np.array_equal(got[0], expected[0]) and got[1] == expected[1]
 
 
-def test_threads_and_workers_give_same_output(tmp_path, job_args):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli("run", *job_args, "--out", a, "--quiet").returncode == 0
+def test_threads_and_workers_give_same_output(tmp_path, job_args, clean_run):
+    a, b = clean_run, tmp_path / "b"
     r = run_cli("run", *job_args, "engine.scheduler=threads", "engine.workers=2", "--out", b,
                 "--quiet")
     assert r.returncode == 0, r.stderr
@@ -129,7 +145,7 @@ def test_out_of_disk_is_refused_up_front(tiny_fs, job_args):
     assert not (tiny_fs / "run").exists()
 
 
-def test_disk_full_mid_run_then_resume(tiny_fs, tmp_path, job_args):
+def test_disk_full_mid_run_then_resume(tiny_fs, tmp_path, job_args, clean_run):
     import os
 
     env_args = [*job_args, "--out", tiny_fs / "run", "--quiet"]
@@ -142,9 +158,7 @@ def test_disk_full_mid_run_then_resume(tiny_fs, tmp_path, job_args):
     r = subprocess.run([sys.executable, "-m", "gigasid", "run", *map(str, env_args)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    ref_dir = tmp_path / "ref"
-    assert run_cli("run", *job_args, "--out", ref_dir, "--quiet").returncode == 0
-    assert np.array_equal(_result(tiny_fs / "run")[0], _result(ref_dir)[0])
+    assert np.array_equal(_result(tiny_fs / "run")[0], _result(clean_run)[0])
 
 
 @pytest.fixture
@@ -205,13 +219,12 @@ def test_status_of_a_finished_in_memory_run(tmp_path, photo_file):
     assert "in progress" not in st.stdout and "finished" in st.stdout
 
 
-def test_one_driver_per_run_directory(tmp_path, job_args):
+def test_one_driver_per_run_directory(tmp_path, job_args, clean_run):
     """A second `gigasid run` on a directory being driven is refused at once (exit 2) and
     the first finishes with a clean run's bytes; a SIGKILLed driver leaves no stuck lock."""
     from conftest import kill_cli_when
 
-    clean = tmp_path / "clean"
-    assert run_cli("run", *job_args, "--out", clean, "--quiet").returncode == 0
+    clean = clean_run
     busy = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, "-m", "gigasid", "run", *map(str, job_args),
                               "--out", str(busy), "--quiet"])

@@ -55,22 +55,27 @@ def auto_num_scales(short_side: int, patch: int, min_short_side: int | None) -> 
 
 
 def resize_in_bands(src: torch.Tensor, out_shape: tuple[int, int],
-                    out: torch.Tensor | None = None, rows: int = 256) -> torch.Tensor:
-    """Resample ``src`` (``(C, H, W)``) to ``out_shape`` band by band of ``rows`` output rows.
+                    out: torch.Tensor | None = None, rows: int = 256,
+                    cols: int = 4096) -> torch.Tensor:
+    """Resample ``src`` (``(C, H, W)``) to ``out_shape`` block by block of ``rows`` x ``cols``
+    output pixels.
 
-    Each band reads only its input window, so ``src`` and ``out`` may be memory-mapped
-    files larger than RAM; the result does not depend on where the data lives (the in-memory
-    and on-disk pyramids are computed band for band the same way, hence bit-identical).
+    Each block reads only its input window (the taps it needs), so ``src`` and ``out`` may be
+    memory-mapped files larger than RAM and the working memory is bounded by the block, not
+    by the image's width. Every output pixel sums its own taps in a fixed order, so the
+    result does not depend on the block size or on where the data lives (the in-memory and
+    on-disk pyramids are bit-identical).
     """
     h, w = out_shape
     if out is None:
         out = torch.empty((src.shape[0], h, w), dtype=src.dtype)
     in_shape = (src.shape[1], src.shape[2])
     for y0 in range(0, h, rows):
-        region = (y0, min(h, y0 + rows), 0, w)
-        a, b, c, d = resample.input_region(in_shape, out_shape, region)
-        out[:, region[0] : region[1]] = resample.resize_region(
-            src[:, a:b, c:d], (a, c), in_shape, out_shape, region).to(out.dtype)
+        for x0 in range(0, w, cols):
+            region = (y0, min(h, y0 + rows), x0, min(w, x0 + cols))
+            a, b, c, d = resample.input_region(in_shape, out_shape, region)
+            out[:, region[0]:region[1], region[2]:region[3]] = resample.resize_region(
+                src[:, a:b, c:d], (a, c), in_shape, out_shape, region).to(out.dtype)
     return out
 
 

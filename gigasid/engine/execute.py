@@ -1,9 +1,12 @@
-"""Run one sample's scales as Dask graphs of tile tasks, in this thread or on a pool.
+"""Run one sample's scales as Dask graphs of tile tasks: in this thread, on a pool, or on
+a Dask distributed cluster (:mod:`gigasid.engine.cluster`).
 
 Every scale runs its program as a sequence of transitions; each transition is a wave of
-region tasks over the scale's tile grid (a single region for in-memory jobs). The state is
-double-buffered: a wave reads ``x_t`` and writes ``x_t'`` into the other buffer. Worker
-processes rebuild the job once from the run directory; only tile coordinates travel.
+region tasks over the scale's tile grid (a single region for in-memory jobs). Each wave
+writes its own array, which never changes once written, so any task can run again at any
+time with the same result; an array is freed once no task can read it (see
+:mod:`gigasid.engine.graph`). Worker processes rebuild the job once from the run directory;
+only tile coordinates travel.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -30,13 +34,24 @@ def _mark(sample: int, scale: int, wave: int, tile: int | None = None) -> str:
 
 
 def _buf(sample: int, scale: int, wave: int) -> str:
-    return f"x{sample}/s{scale}/b{wave % 2}"
+    """The array wave ``wave`` of a scale writes (each wave has its own; see graph)."""
+    return f"x{sample}/s{scale}/w{wave}"
 
 
 def _tile_work(job: Job, store, program, sample: int, scale: int, wave: int, ti: int,
-               seed: int, coarser_name: str | None) -> float:
-    """Compute one tile of one wave and write it; returns seconds spent."""
+               seed: int, coarser_name: str | None) -> tuple[float, bool]:
+    """Compute one tile of one wave and write it, unless it is done already.
+
+    Safe to run any number of times, at any moment: a task whose marker exists returns at
+    once; otherwise it reads arrays that never change once written and writes the bytes any
+    other run of it writes. The marker is checked again before the write, so a late twin
+    (a duplicate of a task that finished elsewhere) never writes after later waves moved on.
+    Returns ``(seconds, computed)``.
+    """
     t0 = time.perf_counter()
+    key = _mark(sample, scale, wave, ti)
+    if store.is_done(key):
+        return 0.0, False
     sp = job.plan.scales[scale]
     region = sp.tiles[ti]
     if wave == 0:
@@ -54,27 +69,29 @@ def _tile_work(job: Job, store, program, sample: int, scale: int, wave: int, ti:
 
         value = run_transition(ctx, program, tr, region, read_x,
                                read_c if coarser_name else None, seed)
+    if store.is_done(key):  # a twin finished first; its reads may since have been freed
+        return time.perf_counter() - t0, False
     store.write(_buf(sample, scale, wave), region, value)
-    store.mark(_mark(sample, scale, wave, ti))  # only after the chunk write returned
-    return time.perf_counter() - t0
+    store.mark(key)  # only after the chunk write returned (and reached the disk)
+    return time.perf_counter() - t0, True
 
 
 def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
               coarser_name: str | None, reporter: Reporter, executor=None) -> str:
     """Run one scale's program as a Dask graph of tile tasks; returns the result's name.
 
-    Wave 0 writes the initial state, wave k the k-th transition. Each tile task waits only
-    for the tiles it reads and for the readers of the chunk it overwrites (see
-    :mod:`gigasid.engine.graph`), so waves overlap. Tiles already marked done (a resumed
-    run) are not recomputed. A wave's marker is written once all its tiles are done.
+    Wave 0 writes the initial state, wave k the k-th transition, each into its own array.
+    Each tile task waits only for the tiles it reads and for the wave ``LOOKAHEAD`` steps
+    back (see :mod:`gigasid.engine.graph`), so waves overlap. Tiles already marked done (a
+    resumed run) are not recomputed. A wave's marker is written once all its tiles are done;
+    then the array nothing can read any more is deleted.
     """
+    executor = executor or SyncExecutor()
     ctx = job.contexts[scale]
     sp = job.plan.scales[scale]
     n = len(program.transitions)
     ntiles = len(sp.tiles)
     shape = (ctx.channels, *ctx.stored_shape)
-    for b in range(min(2, n + 1)):
-        store.ensure(_buf(sample, scale, b), shape, sp.tile)
     reporter.event("scale_start", sample=sample, num_samples=job.plan.num_samples,
                    scale=scale, shape=sp.shape, num_transitions=n, tiles=ntiles)
     work = sp.est_seconds / max(1, n)
@@ -85,9 +102,16 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
         return w in waves_done or _mark(sample, scale, w, t) in marks
 
     left = [sum(1 for t in range(ntiles) if not done(w, t)) for w in range(n + 1)]
-    for w in range(n + 1):
-        if left[w] == 0 and w not in waves_done:  # every tile done, wave marker missing
+    complete = [w for w in range(n + 1) if left[w] == 0]
+    for w in complete:
+        if w not in waves_done:  # every tile done, wave marker missing
             store.mark(_mark(sample, scale, w))
+    newest = max(complete, default=-1)
+    for w in range(n + 1):  # arrays a resumed scale still needs; older ones are freed
+        if w >= newest - 1:
+            store.ensure(_buf(sample, scale, w), shape, sp.tile)
+    for w in complete:
+        _collect(store, sample, scale, w)
     for w in range(1, n + 1):
         if left[w] == 0:
             reporter.event("step_done", sample=sample, num_samples=job.plan.num_samples,
@@ -98,22 +122,21 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
 
     reads = graph.read_sets(ctx, sp.tile, sp.tiles, program.transitions)
     deps = graph.wave_dependencies(reads, ntiles)
-    if isinstance(executor, ProcessPoolExecutor):
-        # Workers hold their own job (built once per process from the run directory); only
-        # tile coordinates travel, never arrays or indexes.
-        task = partial(_process_tile_task, sample, scale, seed, coarser_name)
-    else:
-        task = partial(_local_tile_task, job, store, program, sample, scale, seed, coarser_name)
+    task = executor.tile_task(job, store, program, sample, scale, seed, coarser_name)
     dsk, keys = graph.scale_graph(f"x{sample}-s{scale}", deps, task, done)
     t_wave = [time.perf_counter()]
 
-    def on_tile_done(key, secs, *_):
+    def on_tile_done(key, result) -> None:
         _, w, t = key
+        if w == "wave":
+            return
+        secs, computed = result
         reporter.event("tile_done", sample=sample, scale=scale, wave=w, tile=t,
-                       seconds=round(secs, 4))
+                       seconds=round(secs, 4), computed=computed)
         left[w] -= 1
         if left[w] == 0:
             store.mark(_mark(sample, scale, w))
+            _collect(store, sample, scale, w)
             if w > 0:
                 tr = program.transitions[w - 1]
                 now = time.perf_counter()
@@ -123,8 +146,15 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
                                seconds=round(now - t_wave[0], 4), work=work)
                 t_wave[0] = now
 
-    _execute(dsk, keys, executor, on_tile_done)
+    executor.run_graph(dsk, keys, on_tile_done)
     return _buf(sample, scale, n)
+
+
+def _collect(store, sample: int, scale: int, complete_wave: int) -> None:
+    """Free the array that no task can read now that ``complete_wave`` is complete."""
+    old = graph.collectable(complete_wave)
+    if old is not None:
+        store.delete(_buf(sample, scale, old))
 
 
 def _local_tile_task(job, store, program, sample, scale, seed, coarser_name, wave, ti, _deps):
@@ -135,25 +165,109 @@ def _process_tile_task(sample, scale, seed, coarser_name, wave, ti, _deps):
     return _worker_tile(sample, scale, wave, ti, seed, coarser_name)
 
 
-def _execute(dsk: dict, keys: list, executor, on_done) -> None:
-    """Run a graph with Dask's local scheduler on our executor (None: in this thread)."""
-    import dask.local
-    import dask.multiprocessing
-    import dask.threaded
+class SyncExecutor:
+    """Tile tasks one after another in this thread (Dask's synchronous scheduler).
 
-    callbacks = [(None, None, None, on_done, None)]
-    try:
-        if executor is None:
-            dask.local.get_sync(dsk, keys, callbacks=callbacks)
-        elif isinstance(executor, ProcessPoolExecutor):
-            dask.multiprocessing.get(dsk, keys, pool=executor, chunksize=1,
-                                     optimize_graph=False, callbacks=callbacks)
-        else:
-            dask.threaded.get(dsk, keys, pool=executor, chunksize=1, callbacks=callbacks)
-    except dask.multiprocessing.RemoteException as exc:
-        # A worker process failed: raise its own exception (e.g. disk full), not the
-        # wrapper that carries the remote traceback in its message.
-        raise exc.exception from None
+    Every executor has the same four methods: ``start`` (once the job is prepared),
+    ``tile_task`` (the graph's task for one scale), ``run_graph`` and ``shutdown``.
+    """
+
+    def start(self, job: Job, run_dir: Path, reporter: Reporter) -> None:
+        pass
+
+    def tile_task(self, job, store, program, sample, scale, seed, coarser_name):
+        return partial(_local_tile_task, job, store, program, sample, scale, seed,
+                       coarser_name)
+
+    def run_graph(self, dsk: dict, keys: list, on_done) -> None:
+        import dask.local
+
+        dask.local.get_sync(dsk, keys, callbacks=[_callback(on_done)])
+
+    def shutdown(self) -> None:
+        pass
+
+
+class ThreadExecutor(SyncExecutor):
+    """Tile tasks on a pool of threads sharing this process's job."""
+
+    def __init__(self, workers: int):
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="gigasid-tile")
+
+    def run_graph(self, dsk: dict, keys: list, on_done) -> None:
+        import dask.threaded
+
+        dask.threaded.get(dsk, keys, pool=self.pool, chunksize=1,
+                          callbacks=[_callback(on_done)])
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+
+class ProcessExecutor:
+    """Tile tasks on spawned worker processes, each rebuilding the job from the run
+    directory once (indexes memory-mapped from ``RUN/index``); only coordinates travel."""
+
+    def __init__(self, cfg: JobConfig, run_dir: Path, workers: int, threads: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP init can hang
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_init,
+            initargs=(cfg.to_dict(), str(Path(cfg.base_dir).resolve()), str(run_dir), threads))
+
+    def start(self, job: Job, run_dir: Path, reporter: Reporter) -> None:
+        pass
+
+    def tile_task(self, job, store, program, sample, scale, seed, coarser_name):
+        return partial(_process_tile_task, sample, scale, seed, coarser_name)
+
+    def run_graph(self, dsk: dict, keys: list, on_done) -> None:
+        import dask.multiprocessing
+
+        try:
+            dask.multiprocessing.get(dsk, keys, pool=self.pool, chunksize=1,
+                                     optimize_graph=False, callbacks=[_callback(on_done)])
+        except dask.multiprocessing.RemoteException as exc:
+            # A worker process failed: raise its own exception (e.g. disk full), not the
+            # wrapper that carries the remote traceback in its message.
+            raise exc.exception from None
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+
+def _callback(on_done):
+    """Dask local-scheduler callbacks calling ``on_done(key, result)`` after each task."""
+    return (None, None, None, lambda key, result, *_: on_done(key, result), None)
+
+
+@dataclass
+class WorkerJob:
+    """What a worker process keeps per run: the job rebuilt from the run directory
+    (indexes memory-mapped), a Zarr store on that directory and the programs it built."""
+
+    job: Job
+    store: object
+    programs: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, cfg_doc: dict, base_dir: str, run_dir: str) -> WorkerJob:
+        from gigasid.config import from_dict
+        from gigasid.engine.store import ZarrStore
+
+        cfg = from_dict(cfg_doc)
+        cfg.base_dir = base_dir  # relative inputs, masks, ... resolve as in the parent
+        return cls(prepare(cfg, run_dir=Path(run_dir)), ZarrStore(Path(run_dir)))
+
+    def tile(self, sample: int, scale: int, wave: int, ti: int, seed: int,
+             coarser_name: str | None) -> tuple[float, bool]:
+        """Run one tile task (see :func:`_tile_work`)."""
+        key = (scale, seed)
+        if key not in self.programs:
+            self.programs[key] = self.job.program(scale, seed)
+        return _tile_work(self.job, self.store, self.programs[key], sample, scale, wave, ti,
+                          seed, coarser_name)
 
 
 _WORKER: dict = {}
@@ -161,24 +275,13 @@ _WORKER: dict = {}
 
 def _worker_init(cfg_doc: dict, base_dir: str, run_dir: str, threads: int) -> None:
     """Process-pool initializer: rebuild the job from the run directory once per worker."""
-    from gigasid.config import from_dict
-    from gigasid.engine.store import ZarrStore
-
     set_threads(threads)
-    cfg = from_dict(cfg_doc)
-    cfg.base_dir = base_dir  # relative inputs, masks, ... resolve as in the parent
-    job = prepare(cfg, run_dir=Path(run_dir))
-    _WORKER.update(job=job, store=ZarrStore(Path(run_dir)), programs={})
+    _WORKER["job"] = WorkerJob.load(cfg_doc, base_dir, run_dir)
 
 
 def _worker_tile(sample: int, scale: int, wave: int, ti: int, seed: int,
-                 coarser_name: str | None) -> float:
-    job = _WORKER["job"]
-    key = (scale, seed)
-    if key not in _WORKER["programs"]:
-        _WORKER["programs"][key] = job.program(scale, seed)
-    return _tile_work(job, _WORKER["store"], _WORKER["programs"][key], sample, scale, wave,
-                      ti, seed, coarser_name)
+                 coarser_name: str | None) -> tuple[float, bool]:
+    return _WORKER["job"].tile(sample, scale, wave, ti, seed, coarser_name)
 
 
 def generate(job: Job, store, seed: int, sample: int, reporter: Reporter,
@@ -198,7 +301,7 @@ def sample_once(job: Job, seed: int, reporter: Reporter | None = None,
 
     store = MemoryStore()
     reporter = reporter or Reporter()
-    name = generate(job, store, seed, sample, reporter)
+    name = generate(job, store, seed, sample, reporter, SyncExecutor())
     h, w = job.plan.pixel_shape
     return (pixel_reader(job, store, name, reporter)((0, h, 0, w)) + 1.0) / 2.0
 
@@ -216,24 +319,28 @@ def pixel_reader(job: Job, store, name: str, reporter: Reporter | None = None):
 
 
 def make_executor(cfg: JobConfig, run_dir: Path | None = None):
-    """The tile executor of ``engine.scheduler`` (None = run tiles in this thread).
+    """The tile executor of ``engine.scheduler``.
 
-    ``threads``: a thread pool sharing this process's job. ``processes``: a pool of spawned
-    worker processes, each rebuilding the job from the run directory once (indexes are
-    memory-mapped from ``RUN/index``). Threads per worker = cores // workers.
+    ``sync``: tiles in this thread. ``threads``: a thread pool sharing this process's job.
+    ``processes``: spawned worker processes, each rebuilding the job from the run directory
+    once. ``local-cluster`` / ``tcp://``: a Dask distributed cluster
+    (:mod:`gigasid.engine.cluster`; normally connected by the CLI before any work). Threads
+    per worker = cores // workers.
     """
     e = cfg.engine
     per_worker = max(1, (e.threads or os.cpu_count() or 1) // e.workers)
     if e.scheduler == "threads" and e.workers > 1:
         set_threads(per_worker)
-        return ThreadPoolExecutor(e.workers, thread_name_prefix="gigasid-tile")
+        return ThreadExecutor(e.workers)
     if e.scheduler == "processes":
-        import multiprocessing
+        return ProcessExecutor(cfg, run_dir, e.workers, per_worker)
+    if is_cluster(e.scheduler):
+        from gigasid.engine.cluster import connect
 
-        ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP init can hang
-        return ProcessPoolExecutor(e.workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(cfg.to_dict(), str(Path(cfg.base_dir).resolve()),
-                                             str(run_dir), per_worker))
-    return None
+        return connect(cfg)
+    return SyncExecutor()
 
 
+def is_cluster(scheduler: str) -> bool:
+    """Whether ``engine.scheduler`` names a Dask distributed cluster."""
+    return scheduler == "local-cluster" or "://" in scheduler

@@ -1,16 +1,19 @@
 """The task graph of one scale: one task per (wave, tile), with exactly the edges it needs.
 
-A scale's program is an init wave followed by one wave per transition. Wave ``w`` reads
-buffer ``(w - 1) % 2`` on each tile's input window (tile + patch halo + blend support) and
-writes its own tile of buffer ``w % 2``. Two kinds of edges follow:
+A scale's program is an init wave followed by one wave per transition. Every wave writes its
+own array (``w0, w1, ...``): a chunk, once written, never changes, so a task run again — a
+result lost with a dead worker, a duplicate, a replay in any order — reads the same bytes and
+writes the same bytes. Two kinds of edges:
 
 * read after write: ``(w, t)`` needs ``(w - 1, u)`` for every tile ``u`` its window touches;
-* write after read: ``(w, t)`` overwrites tile ``t`` of the buffer that wave ``w - 2`` wrote,
-  so it waits for every ``(w - 1, u)`` whose window reads tile ``t``.
+* look-ahead bound: ``(w, t)`` waits for the whole of wave ``w - LOOKAHEAD`` (one barrier
+  node per wave, so the edge count stays linear in the number of tiles).
 
-With only these edges there is no barrier between waves: a corner of the image can run a
-few steps ahead of the opposite corner, which keeps every worker busy at the end of a wave.
-Tiles already marked done (a resumed run) become constants, so they are never recomputed.
+Without a barrier between consecutive waves a corner of the image can run a step ahead of the
+opposite corner, which keeps every worker busy at the end of a wave; the bound keeps the number
+of live arrays at ``LOOKAHEAD + 1``: once wave ``c`` is complete, nothing can read wave
+``c - 1`` again (see :func:`collectable`). Tiles already marked done (a resumed run) become
+constants, so they are never recomputed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from gigasid.core.domain import Domain, stored_ranges
 from gigasid.engine.transition import Region, ScaleContext, Transition, input_windows
 
 Key = tuple
+
+#: How many waves a tile may run ahead of the slowest tile (live state arrays = this + 1).
+LOOKAHEAD = 2
 
 
 def tiles_touching(shape: tuple[int, int], tile: int, window: Region,
@@ -65,16 +71,19 @@ def read_sets(ctx: ScaleContext, tile: int, tiles: Sequence[Region],
 
 def wave_dependencies(reads: list[list[list[int]]], num_tiles: int) -> list[list[list[int]]]:
     """``deps[w][t]`` for waves ``w = 0 .. n``: the tiles of wave ``w - 1`` that ``(w, t)``
-    waits for (wave 0 waits for nothing)."""
-    deps: list[list[list[int]]] = [[[] for _ in range(num_tiles)]]
-    for w in range(1, len(reads) + 1):
-        need = [set(r) for r in reads[w - 1]]
-        if w >= 2:
-            for u, touched in enumerate(reads[w - 2]):
-                for t in touched:
-                    need[t].add(u)
-        deps.append([sorted(s) for s in need])
-    return deps
+    reads (wave 0 reads nothing). The look-ahead bound is added by :func:`scale_graph`."""
+    return [[[] for _ in range(num_tiles)]] + [[sorted(set(r)) for r in rd] for rd in reads]
+
+
+def collectable(complete_wave: int) -> int | None:
+    """The wave whose array nothing can read once wave ``complete_wave`` is complete (every
+    tile done): its readers were that wave's tasks, and later waves read later arrays."""
+    return complete_wave - 1 if complete_wave >= 1 else None
+
+
+def wave_key(name: str, wave: int) -> Key:
+    """Key of the barrier node that completes when every tile of ``wave`` is done."""
+    return (name, "wave", wave)
 
 
 def scale_graph(name: str, deps: list[list[list[int]]], task: Callable,
@@ -83,16 +92,29 @@ def scale_graph(name: str, deps: list[list[list[int]]], task: Callable,
 
     ``task(wave, tile, deps)`` computes and stores one tile (it ignores the dependency
     values: they only order the work). Tiles for which ``done(wave, tile)`` holds are
-    constants. Returns the graph and the keys of the last wave, whose ancestors are every
-    task of the scale (each tile reads itself).
+    constants. Barrier nodes :func:`wave_key` join each wave that a later wave waits for.
+    Returns the graph and the keys of the last wave, whose ancestors are every task of the
+    scale (each tile reads itself).
     """
     dsk: dict = {}
+    nwaves = len(deps)
     for w, per_tile in enumerate(deps):
         for t, ds in enumerate(per_tile):
             key = (name, w, t)
             if done(w, t):
                 dsk[key] = 0.0
-            else:
-                dsk[key] = (task, w, t, [(name, w - 1, u) for u in ds])
-    last = len(deps) - 1
+                continue
+            need = [(name, w - 1, u) for u in ds]
+            if w >= LOOKAHEAD:
+                need.append(wave_key(name, w - LOOKAHEAD))
+            dsk[key] = (task, w, t, need)
+    for w in range(max(0, nwaves - LOOKAHEAD)):
+        tiles = [(name, w, t) for t in range(len(deps[w]))]
+        all_done = all(not isinstance(dsk[k], tuple) for k in tiles)
+        dsk[wave_key(name, w)] = 0.0 if all_done else (_joined, tiles)
+    last = nwaves - 1
     return dsk, [(name, last, t) for t in range(len(deps[last]))]
+
+
+def _joined(_values) -> float:
+    return 0.0

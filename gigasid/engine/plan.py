@@ -322,10 +322,13 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         s.est_bytes = int(dataset + 12 * region + work + queries)
     plan.est_setup_seconds = setup
     if plan.store == "zarr":
-        # Two float32 state buffers per scale and sample, the uint8 output (Zarr + PNG) and
-        # the ANN indexes (projected vectors + ids).
-        state = sum(2 * plan.channels * s.stored_shape[0] * s.stored_shape[1] * 4
-                    for s in plan.scales)
+        # Float32 state per sample: a finished scale keeps its last wave, the running one up
+        # to LOOKAHEAD + 1 waves (graph); plus the uint8 output (Zarr + PNG) and the ANN
+        # indexes (projected vectors + ids).
+        from gigasid.engine.graph import LOOKAHEAD
+
+        sizes = [plan.channels * s.stored_shape[0] * s.stored_shape[1] * 4 for s in plan.scales]
+        state = sum(sizes) + LOOKAHEAD * max(sizes)
         h, w = plan.pixel_shape
         out = 2 * h * w * 3
         index = sum(s.index_bytes for s in plan.scales if s.backend == "ann")

@@ -19,8 +19,13 @@ from gigasid.engine.resume import repair_state
 from gigasid.errors import GigasidError
 
 
-def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = None) -> dict:
-    """Run (or resume) a whole job into ``out_dir``; returns paths and timings."""
+def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = None,
+        executor=None) -> dict:
+    """Run (or resume) a whole job into ``out_dir``; returns paths and timings.
+
+    ``executor`` (see :func:`~gigasid.engine.execute.make_executor`; made from the config if
+    not given) is shut down when the job ends.
+    """
     from gigasid.engine.store import MemoryStore, ZarrStore
 
     t_start = time.perf_counter()
@@ -39,7 +44,8 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
                    num_scales=plan.num_scales, num_samples=plan.num_samples,
                    work_total=work_total, store=plan.store)
     outputs, sample_seconds = [], []
-    executor = make_executor(cfg, out_dir)
+    executor = executor or make_executor(cfg, out_dir)
+    executor.start(job, out_dir, reporter)
     try:
         for i in range(cfg.num_samples):
             t0 = time.perf_counter()
@@ -61,8 +67,7 @@ def run(cfg: JobConfig, out_dir: Path, reporter: Reporter, job: Job | None = Non
                            seconds=round(dt, 4), seed=cfg.seed + i,
                            metrics=written.get("metrics", {}))
     finally:
-        if executor is not None:
-            executor.shutdown()
+        executor.shutdown()
     total = time.perf_counter() - t_start
     reporter.event("job_done", seconds=round(total, 4), out_dir=str(out_dir))
     return {"samples": [o.get("png") for o in outputs], "outputs": outputs,

@@ -51,6 +51,11 @@ class MemoryStore:
             for k in [k for k in self.arrays if k.startswith(prefix)]:
                 del self.arrays[k]
 
+    def delete(self, name: str) -> None:
+        """Free one array (no-op if it is gone already)."""
+        with self.lock:
+            self.arrays.pop(name, None)
+
     def is_done(self, key: str) -> bool:
         return key in self.marks
 
@@ -73,14 +78,37 @@ def _disk_guard(exc: OSError, where: Path) -> None:
     raise exc
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (where the platform allows opening directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened; renames are journaled
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class ZarrStore:
     """Arrays in ``RUN/data.zarr`` (Zarr v3, one chunk per tile); markers in ``RUN/markers``."""
 
     persistent = True
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, durable: bool = True):
         import zarr
 
+        self.durable = durable
         self.root = Path(run_dir)
         self.marks_dir = self.root / "markers"
         try:
@@ -132,24 +160,49 @@ class ZarrStore:
         return torch.from_numpy(np.asarray(a))
 
     def write(self, name: str, region: Region, value: torch.Tensor) -> None:
+        """Write a tile (whole chunks). Zarr writes each chunk to a temporary file and renames
+        it; the chunk files and their directory are then flushed to the disk, so a marker
+        written afterwards survives a power loss together with the bytes it stands for."""
         y0, y1, x0, x1 = region
+        arr = self._arr(name)
         try:
-            self._arr(name)[:, y0:y1, x0:x1] = value.to("cpu", torch.float32).numpy()
+            arr[:, y0:y1, x0:x1] = value.to("cpu", torch.float32).numpy()
+            if self.durable:
+                _, th, tw = arr.chunks
+                for iy in range(y0 // th, (y1 - 1) // th + 1):
+                    for ix in range(x0 // tw, (x1 - 1) // tw + 1):
+                        _fsync_file(self._chunk_path(name, (iy, ix)))
+                _fsync_dir(self._chunk_path(name, (y0 // th, 0)).parent)
         except OSError as exc:
             _disk_guard(exc, self.root)
 
     def drop(self, prefix: str) -> None:  # keep everything on disk: it is the resume state
         pass
 
+    def delete(self, name: str) -> None:
+        """Delete one array from the run directory (no-op if it is gone already)."""
+        import shutil
+
+        with self.lock:
+            self._arrays.pop(name, None)
+        shutil.rmtree(self.root / "data.zarr" / name, ignore_errors=True)
+
+    def _chunk_path(self, name: str, chunk_index: tuple[int, int]) -> Path:
+        return (self.root / "data.zarr" / name / "c" / "0" / str(chunk_index[0])
+                / str(chunk_index[1]))
+
     def is_done(self, key: str) -> bool:
         return (self.marks_dir / key).exists()
 
     def mark(self, key: str) -> None:
         path = self.marks_dir / key
-        tmp = path.with_suffix(".tmp")
+        # A name per writer: twins of a task (a replay on another worker) never share one.
+        tmp = path.with_name(f"{key}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             tmp.write_bytes(b"")
             os.replace(tmp, path)
+            if self.durable:
+                _fsync_dir(self.marks_dir)
         except OSError as exc:
             _disk_guard(exc, self.root)
 
@@ -160,10 +213,11 @@ class ZarrStore:
 
     def chunk_ok(self, name: str, chunk_index: tuple[int, int]) -> bool:
         """Whether a tile's chunk file exists with the size of a full uncompressed chunk."""
-        arr = self._arr(name)
-        c, th, tw = arr.chunks
-        path = self.root / "data.zarr" / name / "c" / "0" / str(chunk_index[0]) / str(
-            chunk_index[1])
+        try:
+            c, th, tw = self._arr(name).chunks
+        except KeyError:  # the array is gone
+            return False
+        path = self._chunk_path(name, chunk_index)
         return path.is_file() and path.stat().st_size == c * th * tw * 4
 
     def unmark(self, prefix: str) -> int:
