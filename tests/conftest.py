@@ -27,16 +27,21 @@ def small_photo(photo):
     return resize(photo, (64, 64))
 
 
-@pytest.fixture
-def photo_file(tmp_path, photo):
-    """Write the photograph, resized to ``(H, W)``, as a PNG in the test's folder."""
+def save_photo(photo, path: Path, shape: tuple[int, int]) -> Path:
+    """Write ``photo`` resized to ``(H, W)`` as a PNG at ``path``."""
     from gigasid.core.resample import resize
     from gigasid.io.images import save_png, to_uint8
 
+    save_png(to_uint8((resize(photo, shape) + 1) / 2), path)
+    return path
+
+
+@pytest.fixture
+def photo_file(tmp_path, photo):
+    """Write the photograph, resized to ``(H, W)``, as a PNG in the test's folder."""
+
     def make(shape: tuple[int, int], name: str = "ref.png") -> Path:
-        p = tmp_path / name
-        save_png(to_uint8((resize(photo, shape) + 1) / 2), p)
-        return p
+        return save_photo(photo, tmp_path / name, shape)
 
     return make
 

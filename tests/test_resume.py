@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import REPO, kill_cli_when, run_cli
+from conftest import REPO, kill_cli_when, run_cli, save_photo
 
 
 @pytest.fixture(scope="module")
 def job_args(photo, tmp_path_factory):
-    from gigasid.core.resample import resize
-    from gigasid.io.images import save_png, to_uint8
-
-    ref = tmp_path_factory.mktemp("resume") / "ref.png"
-    save_png(to_uint8((resize(photo, (64, 64)) + 1) / 2), ref)
+    ref = save_photo(photo, tmp_path_factory.mktemp("resume") / "ref.png", (64, 64))
     return [REPO / "configs" / "demo.yaml", f"input={ref}", "num_samples=1",
             "output_size=[96,128]", "patch_size=7", "num_steps=6", "eta=0.5",
             "pyramid.min_short_side=14", "engine.store=zarr", "engine.tile_size=32",
