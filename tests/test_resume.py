@@ -174,7 +174,7 @@ APP_ARGS = {
     "tileable": ["app=tileable", "tiling.direction=both"],
     "symmetric": ["app=symmetric", "symmetry.axis=both", "output_size=[70,90]"],
     "inpaint": ["app=inpaint", "mask={d}/mask.png"],
-    "outpaint": ["app=outpaint", "output_size=[80,112]"],
+    "outpaint": ["app=outpaint", "output_size=[72,96]"],
     "analogy": ["app=analogy", "structure={d}/structure.png", "sigma_min=0.01",
                 "pyramid.num_scales=2"],
     "multi": ["input=[{ref},{d}/structure.png]", "output_size=[72,72]"],
