@@ -71,6 +71,10 @@ REFINE_K = 8
 MIN_GEMM_ROWS = 64
 
 
+#: Largest IVF-Flat index (list bytes) that the compiled search copies into its layout.
+IVF_KERNEL_MAX_BYTES = 256 * 2**20
+
+
 def _rows_per_chunk(n: int, budget_bytes: int, bytes_per_entry: int = 8) -> int:
     return max(1, int(budget_bytes // max(1, n * bytes_per_entry)))
 
@@ -405,7 +409,10 @@ class AnnDenoiser:
         other index kinds, which FAISS searches."""
         if not hasattr(self, "_kernel_ivf"):
             flat = isinstance(self.index, self._faiss.IndexIVFFlat)
-            self._kernel_ivf = kernels.ivf_layout(self.index) if flat else None
+            # The layout is a heap copy of the lists: past a size, FAISS searches its own
+            # (memory-mapped) lists instead, so big references keep their memory bound.
+            small = flat and self.index.ntotal * self.index.d * 4 <= IVF_KERNEL_MAX_BYTES
+            self._kernel_ivf = kernels.ivf_layout(self.index) if small else None
         return self._kernel_ivf
 
     def _layout(self):
