@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gigasid.core import kernels
 from gigasid.errors import GigasidError
 
 BACKENDS = ("exact", "sdpa", "ann")
@@ -68,6 +69,10 @@ REFINE_K = 8
 #: Query batches are padded to at least this many rows before a float32 GEMM (see
 #: :meth:`AnnDenoiser._project_queries`).
 MIN_GEMM_ROWS = 64
+
+
+#: Largest IVF-Flat index (list bytes) that the compiled search copies into its layout.
+IVF_KERNEL_MAX_BYTES = 256 * 2**20
 
 
 def _rows_per_chunk(n: int, budget_bytes: int, bytes_per_entry: int = 8) -> int:
@@ -338,6 +343,8 @@ class AnnDenoiser:
     def _search(self, q: np.ndarray, nprobe: int | None) -> np.ndarray:
         if nprobe is None:  # a flat index: exhaustive search
             return self.index.search(q, self.k)[1]
+        if kernels.mode() == "numba" and self._ivf_layout() is not None:
+            return kernels.ivf_search(self._ivf_layout(), q, nprobe, self.k)
         lists, dists = self._coarse(q, nprobe)
         # search_preassigned reads nprobe from the index (it takes no search parameters)
         self.index.nprobe = nprobe
@@ -376,9 +383,14 @@ class AnnDenoiser:
             return self.mean.to(x.dtype).expand(x.shape[0], -1).clone()
         out = torch.empty(x.shape[0], self.dim, dtype=torch.float32, device=x.device)
         inv = 1.0 / (2.0 * sigma * sigma)
+        fused = kernels.enabled(x)
         for s in range(0, x.shape[0], self.chunk):
             xs = x[s : s + self.chunk].to(torch.float32)
             idx_all = self.search(xs, alpha)
+            if fused:
+                kernels.reweight(self._layout(), xs, idx_all, alpha, sigma,
+                                 out[s : s + xs.shape[0]])
+                continue
             # Re-weight in small blocks: the (m, k, D) temporaries stay in cache, which is
             # several times faster on CPU than one large block (measured).
             for b in range(0, xs.shape[0], 256):
@@ -391,6 +403,23 @@ class AnnDenoiser:
                 dst = out[s + b : s + b + xc.shape[0]]
                 torch.bmm(w[:, None, :], cand, out=dst.view(-1, 1, dst.shape[1]))
         return out.to(x.dtype)
+
+    def _ivf_layout(self):
+        """The IVF-Flat lists as the compiled search reads them (built once), or None for
+        other index kinds, which FAISS searches."""
+        if not hasattr(self, "_kernel_ivf"):
+            flat = isinstance(self.index, self._faiss.IndexIVFFlat)
+            # The layout is a heap copy of the lists: past a size, FAISS searches its own
+            # (memory-mapped) lists instead, so big references keep their memory bound.
+            small = flat and self.index.ntotal * self.index.d * 4 <= IVF_KERNEL_MAX_BYTES
+            self._kernel_ivf = kernels.ivf_layout(self.index) if small else None
+        return self._kernel_ivf
+
+    def _layout(self):
+        """The dataset as the fused kernel reads it (built once)."""
+        if not hasattr(self, "_kernel_layout"):
+            self._kernel_layout = kernels.source_layout(self.src)
+        return self._kernel_layout
 
 
 def _build_index(faiss, s: AnnSettings, n: int, dim: int):

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from gigasid.core import kernels
+
 
 def patch_starts(size: int, patch: int, stride: int = 1) -> torch.Tensor:
     """Start offsets of the valid windows along one axis, covering every pixel.
@@ -136,6 +138,9 @@ def fold(
             raise ValueError("fold needs out_shape or out")
         out = torch.zeros((channels, *out_shape), dtype=patches.dtype, device=patches.device)
     grid = patches.reshape(len(ys), len(xs), channels, patch, patch)
+    if kernels.enabled(out) and out.dtype == torch.float32 and out.is_contiguous():
+        kernels.fold(grid.to(torch.float32), ys, xs, out)
+        return out
     width = out.shape[2]
     # Separable: overlap-add along x into a strip of patch rows (ny, C, P, W), then along y.
     # That is 2P strided additions per run instead of P^2. The offset loop is the OUTER

@@ -1,0 +1,214 @@
+"""numba bodies of :mod:`gigasid.core.kernels` (imported only when numba is installed).
+
+Every loop runs in a fixed order per query (per output band), so a result never depends on
+how many queries or rows a call holds, nor on where they lie in memory. ``fastmath`` is off
+except for one reassociated sum (:func:`_sq_dist`, fixed by the compiled code): the fold's
+additions are neither reordered nor contracted into fused multiply-adds, which keeps
+:func:`fold` bit-identical to the torch reference"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Queries per thread task of :func:`reweight` (its scratch buffers are allocated per task).
+BLOCK = 64
+
+_OPTS = {"nogil": True, "cache": True, "error_model": "numpy", "parallel": True}
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+def _sq_dist(x, c, alpha):  # pragma: no cover
+    """``||x - alpha c||^2`` of two float32 vectors, from direct differences.
+
+    The only reassociated sum in this module (so that it vectorises): its order is fixed by
+    the compiled code and the vector length, never by where the vectors lie in a batch.
+    """
+    a = np.float32(alpha)
+    d = np.float32(0.0)
+    for e in range(x.shape[0]):
+        t = x[e] - a * c[e]
+        d += t * t
+    return d
+
+
+@numba.njit(**_OPTS)
+def reweight(x, cand, base, offs, kind, image, row_len, alpha, inv, out):  # pragma: no cover
+    """Softmax-weighted sum of each query's candidates, straight from the patch source.
+
+    Parameters
+    ----------
+    x:
+        ``(m, D)`` float32 queries.
+    cand:
+        ``(m, k)`` int64 candidate patch numbers.
+    base:
+        ``(N,)`` int64: where patch ``n`` starts in ``image``.
+    offs:
+        ``(kinds, R)`` int64: where each of a patch's ``R`` runs of ``row_len`` contiguous
+        values starts, relative to ``base`` (one row per reference image).
+    kind:
+        ``(N,)`` int64 row of ``offs`` for each patch, or empty when there is one.
+    image:
+        Flat float32 values the patches are read from.
+    alpha, inv:
+        Signal level and ``1 / (2 sigma^2)``.
+    out:
+        ``(m, D)`` float32 result, ``sum_j softmax_j(-||x - alpha c_j||^2 inv) c_j``.
+    """
+    m, k = cand.shape
+    rows = offs.shape[1]
+    dim = rows * row_len
+    run = np.uint64(row_len)
+    for blk in numba.prange((m + BLOCK - 1) // BLOCK):
+        buf = np.empty((k, dim), dtype=np.float32)
+        flat = buf.reshape(-1)
+        w = np.empty(k, dtype=np.float64)
+        for i in range(blk * BLOCK, min(m, (blk + 1) * BLOCK)):
+            # The k candidates, copied into one contiguous block that stays in L1 for the
+            # two passes below. Unsigned offsets: no negative-index wraparound tests.
+            for j in range(k):
+                c = cand[i, j]
+                o = kind[c] if kind.shape[0] > 0 else 0
+                for r in range(rows):
+                    src = np.uint64(base[c] + offs[o, r])
+                    dst = np.uint64(j * dim + r * row_len)
+                    for p in range(run):
+                        flat[dst + p] = image[src + p]
+            # Distances from direct differences: no expansion, so no cancellation at small
+            # sigma, where the softmax is decided by tiny differences.
+            for j in range(k):
+                w[j] = _sq_dist(x[i], buf[j], alpha)
+            lo = w[0]
+            for j in range(1, k):
+                lo = min(lo, w[j])
+            total = 0.0
+            for j in range(k):
+                w[j] = np.exp(-(w[j] - lo) * inv)
+                total += w[j]
+            row = out[i]
+            w0 = np.float32(w[0] / total)
+            for e in range(dim):
+                row[e] = w0 * buf[0, e]
+            for j in range(1, k):
+                wj = np.float32(w[j] / total)
+                for e in range(dim):
+                    row[e] += wj * buf[j, e]
+
+
+@numba.njit(**_OPTS)
+def fold(grid, ys, xs, band, out):  # pragma: no cover
+    """Overlap-add ``grid`` ``(ny, nx, C, P, P)`` at window starts ``ys x xs`` into ``out``.
+
+    A pixel's contributions are added in the order of the torch fold: first along x by
+    increasing patch column (decreasing window start) into a zeroed row strip, then the
+    strips along y by increasing patch row (decreasing window start) into ``out``. The
+    canvas is split into (channel, ``band``-column) pieces that threads share out; a piece
+    holds every contribution to its pixels, so the order does not depend on the split.
+    """
+    ny, nx, c, p, _ = grid.shape
+    width = out.shape[2]
+    nb = (width + band - 1) // band
+    for task in numba.prange(c * nb):
+        ch = task // nb
+        b0 = (task % nb) * band
+        b1 = min(width, b0 + band)
+        strip = np.empty((p, b1 - b0), dtype=np.float32)
+        for i in range(ny - 1, -1, -1):
+            strip[:] = 0.0
+            for j in range(nx - 1, -1, -1):
+                x0 = xs[j]
+                if x0 + p <= b0 or x0 >= b1:
+                    continue
+                lo = max(0, b0 - x0)
+                hi = min(p, b1 - x0)
+                for py in range(p):
+                    for px in range(lo, hi):
+                        strip[py, x0 + px - b0] += grid[i, j, ch, py, px]
+            y0 = ys[i]
+            for py in range(p):
+                for xx in range(b1 - b0):
+                    out[ch, y0 + py, b0 + xx] += strip[py, xx]
+
+
+@numba.njit(**_OPTS)
+def ivf_search(q, cent_t, starts, vecs, ids, nprobe, k, out):  # pragma: no cover
+    """IVF-Flat search by direct differences: the ``k`` nearest list vectors of each query
+    among its ``nprobe`` nearest lists.
+
+    Parameters
+    ----------
+    q:
+        ``(m, d)`` float32 queries (in the index's space).
+    cent_t:
+        ``(d, nlist)`` float32 list centroids, transposed so that one query's distances to
+        all centroids vectorise over the centroids.
+    starts:
+        ``(nlist + 1,)`` int64: list ``l`` holds vectors ``starts[l] .. starts[l + 1] - 1``.
+    vecs:
+        ``(N * d,)`` float32: list ``l``'s vectors as a ``(d, len_l)`` block (transposed, for
+        the same reason) at ``starts[l] * d``.
+    ids:
+        ``(N,)`` int64 patch number of each list vector.
+    out:
+        ``(m, k)`` int64 result, nearest first; ties go to the smaller list / patch number,
+        ``-1`` where the lists hold fewer than ``k`` vectors.
+
+    Every distance is a sum of squared differences in a fixed order, so unlike a GEMM
+    search the result does not depend on how many queries a call holds.
+    """
+    m, d = q.shape
+    nlist = cent_t.shape[1]
+    longest = 0
+    for li in range(nlist):
+        longest = max(longest, starts[li + 1] - starts[li])
+    for i in numba.prange(m):
+        cd = np.zeros(nlist, dtype=np.float32)
+        for e in range(d):
+            qe = q[i, e]
+            for li in range(nlist):
+                t = qe - cent_t[e, li]
+                cd[li] += t * t
+        pd = np.full(nprobe, np.inf, dtype=np.float32)
+        pl = np.full(nprobe, -1, dtype=np.int64)
+        for li in range(nlist):
+            v = cd[li]
+            if v < pd[nprobe - 1]:
+                pos = nprobe - 1
+                while pos > 0 and v < pd[pos - 1]:
+                    pd[pos] = pd[pos - 1]
+                    pl[pos] = pl[pos - 1]
+                    pos -= 1
+                pd[pos] = v
+                pl[pos] = li
+        bd = np.full(k, np.inf, dtype=np.float32)
+        bi = np.full(k, -1, dtype=np.int64)
+        ld = np.empty(longest, dtype=np.float32)
+        for pi in range(nprobe):
+            li = pl[pi]
+            if li < 0:
+                continue
+            s0 = starts[li]
+            n = starts[li + 1] - s0
+            block = vecs[s0 * d : (s0 + n) * d]
+            ld[:n] = 0.0
+            for e in range(d):
+                qe = q[i, e]
+                row = block[e * n : (e + 1) * n]
+                for v in range(n):
+                    t = qe - row[v]
+                    ld[v] += t * t
+            for v in range(n):
+                dv = ld[v]
+                iv = ids[s0 + v]
+                if dv > bd[k - 1] or (dv == bd[k - 1] and (bi[k - 1] >= 0 and iv > bi[k - 1])):
+                    continue
+                pos = k - 1
+                while pos > 0 and (dv < bd[pos - 1] or (dv == bd[pos - 1] and iv < bi[pos - 1])):
+                    bd[pos] = bd[pos - 1]
+                    bi[pos] = bi[pos - 1]
+                    pos -= 1
+                bd[pos] = dv
+                bi[pos] = iv
+        for j in range(k):
+            out[i, j] = bi[j]

@@ -1,0 +1,164 @@
+"""Compiled CPU kernels (numba) for the two hot loops of a denoising step.
+
+The plain-torch code in :mod:`gigasid.core.denoisers` and :mod:`gigasid.core.patches` is the
+reference; these kernels compute the same things in one pass over memory:
+
+* :func:`reweight` - the ANN re-weighting: for every query, the exact distances to its ``k``
+  candidates, their softmax and the weighted sum of the candidates, reading each candidate
+  straight from the patch source (the image of a :class:`~gigasid.core.patches.PatchGrid`
+  or the rows of a patch matrix). The torch path materialises several ``(m, k, D)``
+  temporaries (gather, difference, product) and streams them through memory four times.
+* :func:`ivf_search` - IVF-Flat retrieval (coarse lists and list scan) from direct
+  differences, independent of the batch by construction; FAISS's own search needs a
+  shortlist re-ranked pair by pair for that (see ``AnnDenoiser._coarse``).
+* :func:`fold` - the separable overlap-add, adding each pixel's contributions in exactly the
+  order of :func:`gigasid.core.patches.fold` (bit for bit the same result), one patch row at
+  a time, so the partial row sums stay in cache.
+
+All are per-query / per-row loops in a fixed order: their result never depends on how many
+queries or rows a call holds, which keeps tiling invariance exact.
+
+numba is optional (the ``fast`` extra; wheels on the package index, no compiler). Without it,
+or with ``GIGASID_KERNELS=torch`` in the environment, the torch reference runs instead; this is
+also how the two are compared in benchmarks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+
+import numpy as np
+import torch
+
+#: Environment variable choosing the kernels: ``auto`` (numba when importable), ``torch``
+#: (the reference) or ``numba`` (fail if it is missing).
+ENV = "GIGASID_KERNELS"
+
+
+def mode() -> str:
+    """The kernel family in use: ``"numba"`` or ``"torch"`` (see :data:`ENV`)."""
+    want = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if want not in ("auto", "torch", "numba"):
+        raise ValueError(f"{ENV} must be auto, torch or numba, not {want!r}")
+    if want == "torch":
+        return "torch"
+    if _compiled() is None:
+        if want == "numba":
+            raise ImportError(f"{ENV}=numba but numba is not installed (pip install numba)")
+        return "torch"
+    return "numba"
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether the compiled kernels apply to tensors like ``x`` (CPU float32, numba on)."""
+    return x.device.type == "cpu" and mode() == "numba"
+
+
+@functools.cache
+def _compiled():
+    """The compiled kernels module (numba compiles or loads them once); None without numba."""
+    try:
+        from gigasid.core import _numba_kernels
+    except ImportError:
+        return None
+    return _numba_kernels
+
+
+# numba's default (workqueue) threading layer must not be entered by two threads at once
+# (the ``threads`` scheduler runs tiles in a thread pool): calls take turns, each using the
+# thread count torch was given.
+_LOCK = threading.Lock()
+
+
+def _threads(nb) -> None:
+    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
+
+
+def source_layout(src) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(image, base, offs, kind, row_len)`` of a patch source, as :func:`reweight` reads it.
+
+    A :class:`~gigasid.core.patches.PatchGrid` is read from its image (``C * P`` runs of
+    ``P`` pixels per patch); a matrix source (an ``(N, D)`` tensor ``y``) as ``N`` runs of
+    ``D`` values.
+    """
+    if hasattr(src, "_base"):
+        offs = src._offsets if src._offsets.dim() == 2 else src._offsets[None]
+        kind = src._kind if src._kind is not None else torch.empty(0, dtype=torch.int64)
+        return (src.image.numpy(), src._base.numpy(), offs.contiguous().numpy(),
+                kind.numpy(), src.patch)
+    y = src.y
+    base = torch.arange(y.shape[0], dtype=torch.int64) * y.shape[1]
+    return (y.reshape(-1).numpy(), base.numpy(), np.zeros((1, 1), dtype=np.int64),
+            np.empty(0, dtype=np.int64), y.shape[1])
+
+
+def reweight(layout, x: torch.Tensor, idx: torch.Tensor, alpha: float, sigma: float,
+             out: torch.Tensor) -> torch.Tensor:
+    """Fused ANN re-weighting into ``out`` ``(m, D)``: see :func:`_numba_kernels.reweight`.
+
+    ``layout`` is :func:`source_layout` of the dataset, ``x`` ``(m, D)`` float32 CPU queries,
+    ``idx`` ``(m, k)`` candidate numbers.
+    """
+    nk = _compiled()
+    image, base, offs, kind, row_len = layout
+    xs = x.contiguous().numpy()
+    cand = idx.to(torch.int64).contiguous().numpy()
+    with _LOCK:
+        _threads(nk.numba)
+        nk.reweight(xs, cand, base, offs, kind, image, row_len, float(alpha),
+                    1.0 / (2.0 * sigma * sigma), out.numpy())
+    return out
+
+
+#: Output columns per fold task: a few tasks per channel for two threads, each task's
+#: ``(P, band)`` row strip small enough for the L1/L2 cache.
+FOLD_BAND = 128
+
+
+def fold(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, out: torch.Tensor) -> None:
+    """Bit-exact compiled :func:`gigasid.core.patches.fold` of ``grid`` ``(ny, nx, C, P, P)``
+    into ``out`` ``(C, H, W)`` (float32, CPU, contiguous), in place."""
+    nk = _compiled()
+    with _LOCK:
+        _threads(nk.numba)
+        nk.fold(grid.contiguous().numpy(), ys.to(torch.int64).contiguous().numpy(),
+                xs.to(torch.int64).contiguous().numpy(), FOLD_BAND, out.numpy())
+
+
+def ivf_layout(index) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(cent_t, starts, vecs, ids)`` of a FAISS ``IndexIVFFlat``, as :func:`ivf_search`
+    reads it: centroids and each list's vectors transposed, lists back to back."""
+    import faiss
+
+    nlist, d = index.nlist, index.d
+    cent = index.quantizer.reconstruct_n(0, nlist)
+    inv = index.invlists
+    sizes = np.array([inv.list_size(li) for li in range(nlist)], dtype=np.int64)
+    starts = np.zeros(nlist + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    vecs = np.empty(int(starts[-1]) * d, dtype=np.float32)
+    ids = np.empty(int(starts[-1]), dtype=np.int64)
+    for li in range(nlist):
+        n = int(sizes[li])
+        if n == 0:
+            continue
+        codes = faiss.rev_swig_ptr(inv.get_codes(li), n * d * 4)
+        block = np.frombuffer(codes, dtype=np.float32, count=n * d).reshape(n, d)
+        vecs[starts[li] * d : starts[li + 1] * d] = block.T.reshape(-1)
+        ids[starts[li] : starts[li + 1]] = faiss.rev_swig_ptr(inv.get_ids(li), n)
+    return np.ascontiguousarray(cent.T), starts, vecs, ids
+
+
+def ivf_search(layout, q: np.ndarray, nprobe: int, k: int) -> np.ndarray:
+    """Batch-invariant IVF-Flat search (see :func:`_numba_kernels.ivf_search`):
+    ``(m, k)`` int64 patch numbers, nearest first, ``-1`` where fewer than ``k`` were found."""
+    nk = _compiled()
+    cent_t, starts, vecs, ids = layout
+    out = np.empty((q.shape[0], k), dtype=np.int64)
+    with _LOCK:
+        _threads(nk.numba)
+        nk.ivf_search(np.ascontiguousarray(q, dtype=np.float32), cent_t, starts, vecs, ids,
+                      min(nprobe, cent_t.shape[1]), k, out)
+    return out

@@ -1,0 +1,121 @@
+"""The compiled kernels (gigasid.core.kernels) against the plain-torch reference paths."""
+
+import pytest
+import torch
+
+from gigasid.core import kernels
+from gigasid.core import patches as P
+from gigasid.core.denoisers import AnnDenoiser, AnnSettings, MatrixSource
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """``use("torch")`` / ``use("numba")``: pick the kernels for the rest of the test."""
+    def pick(name: str) -> None:
+        monkeypatch.setenv(kernels.ENV, name)
+        assert kernels.mode() == name
+    return pick
+
+
+def _weighted(x, cand, alpha, sigma):
+    """Float64 softmax re-weighting of given candidates ``(m, k, D)``."""
+    x, cand = x.double(), cand.double()
+    d2 = ((x[:, None, :] - alpha * cand) ** 2).sum(-1)
+    w = torch.softmax(-d2 / (2 * sigma**2), dim=1)
+    return (w[:, :, None] * cand).sum(1)
+
+
+def _sources(photo):
+    img = photo[:, :40, :47]
+    yield "grid", P.PatchGrid(img, 7, 1)
+    a, b = photo[:, :30, :41], photo[:, 100:126, 60:95]
+    ex = torch.zeros(len(P.patch_starts(30, 5)), len(P.patch_starts(41, 5)), dtype=torch.bool)
+    ex[3:9, 10:20] = True
+    yield "two images", P.PatchGrid([a, b], 5, 1, [ex, None])
+    yield "matrix", MatrixSource(P.extract(img, P.patch_starts(40, 7), P.patch_starts(47, 7), 7))
+
+
+@pytest.mark.parametrize("alpha,sigma", [(0.9, 0.1), (0.5, 0.5), (0.999, 0.002)])
+def test_fused_reweight_equals_float64_and_torch(photo, use, alpha, sigma):
+    """The fused kernel is the float64 softmax over the candidates (1e-5), within the torch
+    path's float32 error of it, and every row is independent of the batch (exactly)."""
+    for name, src in _sources(photo):
+        g = torch.Generator().manual_seed(7)
+        idx = torch.randint(0, src.n, (300, 6), generator=g)
+        x = alpha * src.gather(idx[:, 0]) + sigma * torch.randn(300, src.dim, generator=g)
+        layout = kernels.source_layout(src)
+        out = kernels.reweight(layout, x, idx, alpha, sigma, torch.empty_like(x))
+        ref = _weighted(x, src.gather(idx), alpha, sigma)
+        assert (out.double() - ref).abs().max() < 1e-5, name
+        # copies: other addresses (alignments) as well as other batches
+        part = torch.cat([kernels.reweight(layout, x[a : a + 37].clone(), idx[a : a + 37],
+                                           alpha, sigma, torch.empty_like(x[a : a + 37]))
+                          for a in range(0, 300, 37)])
+        assert torch.equal(part, out), name
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_ann_denoiser_same_with_either_kernel(photo, use, index):
+    img = photo[:, :48, :48]
+    grid = P.PatchGrid(img, 7, 1)
+    y = grid.block(0, grid.n)
+    g = torch.Generator().manual_seed(4)
+    x = 0.8 * y[torch.randint(0, grid.n, (300,), generator=g)] + 0.3 * torch.randn(
+        300, y.shape[1], generator=g)
+    den = AnnDenoiser(grid, AnnSettings(k=6, index=index, pca_dim=16, nprobe=8))
+    use("torch")
+    a = den(x, 0.8, 0.3)
+    use("numba")
+    b = den(x, 0.8, 0.3)
+    assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("stride,shape", [(1, (23, 31)), (3, (40, 29)), (4, (130, 300))])
+def test_compiled_fold_is_bit_identical(use, stride, shape):
+    """Irregular grids (stride + border window), accumulated into a canvas that already
+    holds values: the compiled fold gives the torch fold's bits."""
+    p, c = 7, 3
+    ys, xs = P.patch_starts(shape[0], p, stride), P.patch_starts(shape[1], p, stride)
+    g = torch.Generator().manual_seed(stride)
+    est = torch.randn(len(ys) * len(xs), c * p * p, generator=g)
+    start = torch.randn(c, *shape, generator=g)
+    use("torch")
+    ref = P.fold(est, ys, xs, p, c, out=start.clone())
+    use("numba")
+    got = P.fold(est, ys, xs, p, c, out=start.clone())
+    assert torch.equal(ref, got)
+
+
+def test_compiled_ivf_search_is_exact_within_the_probed_lists(photo, use):
+    """The k nearest vectors (float64 brute force) among those of the nprobe nearest lists,
+    nearest first, the same rows whatever the batch, and FAISS's candidates."""
+    import numpy as np
+
+    img = photo[:, :64, :64]
+    grid = P.PatchGrid(img, 7, 1)
+    den = AnnDenoiser(grid, AnnSettings(k=5, index="ivf", pca_dim=16, nprobe=3))
+    g = torch.Generator().manual_seed(9)
+    x = 0.9 * grid.gather(torch.randint(0, grid.n, (200,), generator=g)) + 0.1 * torch.randn(
+        200, grid.dim, generator=g)
+    q = den._project_queries(x, 0.9)
+    layout = den._ivf_layout()
+    got = kernels.ivf_search(layout, q, 3, 5)
+    cent_t, starts, vecs, ids = layout
+    qd = q.astype(np.float64)
+    lists = ((qd[:, :, None] - cent_t[None].astype(np.float64)) ** 2).sum(1).argsort(1)[:, :3]
+    for i in range(q.shape[0]):
+        pool = [(ids[s], vecs[starts[li] * 16 : starts[li + 1] * 16].reshape(16, -1)[:, v])
+                for li in lists[i] for v, s in enumerate(range(starts[li], starts[li + 1]))]
+        d2 = np.array([((qd[i] - vec) ** 2).sum() for _, vec in pool])
+        best = [int(pool[j][0]) for j in np.argsort(d2, kind="stable")[:5]]
+        assert got[i].tolist() == best
+    part = np.concatenate([kernels.ivf_search(layout, q[a : a + 23], 3, 5)
+                           for a in range(0, 200, 23)])
+    assert np.array_equal(part, got)
+    use("torch")
+    ref = den.search(x, 0.9).numpy()
+    same = np.mean([len(set(a) & set(b)) / 5
+                    for a, b in zip(ref.tolist(), got.tolist(), strict=True)])
+    assert same > 0.99
