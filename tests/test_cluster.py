@@ -35,7 +35,7 @@ def cluster():
 def job_args(photo, tmp_path_factory):
     ref = save_photo(photo, tmp_path_factory.mktemp("cluster") / "ref.png", (64, 64))
     return [REPO / "configs" / "retarget.yaml", f"input={ref}", "num_samples=1",
-            "output_size=[96,144]", "patch_size=7", "num_steps=5", "eta=0.5",
+            "output_size=[96,144]", "patch_size=7", "num_steps=4", "eta=0.5",
             "pyramid.min_short_side=14", "engine.store=zarr", "engine.tile_size=32",
             "denoiser.backend=exact"]
 

@@ -175,7 +175,7 @@ def _latent_args(ref, vae, *extra):
 def test_latent_job_is_tile_invariant_and_resumes_to_identical_bytes(tmp_path, photo_file,
                                                                      vae_dirs):
     ref = photo_file((96, 136))
-    base = _latent_args(ref, vae_dirs["kl"], "output_size=[96,160]", "engine.store=zarr")
+    base = _latent_args(ref, vae_dirs["kl"], "output_size=[96,128]", "engine.store=zarr")
     runs = {}
     for tile in (16, 0):
         out = tmp_path / f"t{tile}"
@@ -184,8 +184,8 @@ def test_latent_job_is_tile_invariant_and_resumes_to_identical_bytes(tmp_path, p
         runs[tile] = (out / "sample_000.png").read_bytes()
     assert runs[16] == runs[0]
     plan = json.loads((tmp_path / "t16" / "plan.json").read_text())
-    assert plan["codec"]["name"] == "vae" and plan["pixel_shape"] == [96, 160]
-    assert plan["scales"][0]["shape"] == [24, 40]  # latent pixels
+    assert plan["codec"]["name"] == "vae" and plan["pixel_shape"] == [96, 128]
+    assert plan["scales"][0]["shape"] == [24, 32]  # latent pixels
     assert list((tmp_path / "t16" / "latent").glob("ref0-*.pt"))
     # kill in the middle, resume, same bytes
     args = [*base, "engine.tile_size=16"]

@@ -21,6 +21,7 @@ import secrets
 import threading
 from pathlib import Path
 
+import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from gigasid.engine.job import Job, set_threads
@@ -103,9 +104,8 @@ class RunPlugin(WorkerPlugin):
         n = self.threads or _threads_per_task(worker.state.nthreads,
                                               self.workers_by_host.get(host, 1))
         os.environ["VIPS_CONCURRENCY"] = str(n)
-        set_threads(n)
         with _RUNS_LOCK:
-            _RUNS[self.run_id] = {"spec": self.spec, "job": None}
+            _RUNS[self.run_id] = {"spec": self.spec, "job": None, "threads": n}
 
     def teardown(self, worker) -> None:
         with _RUNS_LOCK:
@@ -128,7 +128,14 @@ def _worker_job(run_id: str):
 def cluster_tile(run_id: str, sample: int, scale: int, seed: int, coarser_name: str | None,
                  wave: int, ti: int, _deps) -> tuple[float, bool]:
     """The graph's tile task on a cluster worker (coordinates only)."""
-    return _worker_job(run_id).tile(sample, scale, wave, ti, seed, coarser_name)
+    job = _worker_job(run_id)
+    # OpenMP thread counts (torch, FAISS, the compiled kernels) belong to the calling thread,
+    # and a worker runs tasks on its own pool threads, which start from the nanny's
+    # OMP_NUM_THREADS=1: set them here, in the thread that computes.
+    n = _RUNS[run_id]["threads"]
+    if torch.get_num_threads() != n:
+        set_threads(n)
+    return job.tile(sample, scale, wave, ti, seed, coarser_name)
 
 
 class ClusterExecutor:

@@ -191,8 +191,10 @@ class SyncExecutor:
 class ThreadExecutor(SyncExecutor):
     """Tile tasks on a pool of threads sharing this process's job."""
 
-    def __init__(self, workers: int):
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="gigasid-tile")
+    def __init__(self, workers: int, threads: int):
+        # OpenMP thread counts are per thread: set them in every pool thread.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="gigasid-tile",
+                                       initializer=set_threads, initargs=(threads,))
 
     def run_graph(self, dsk: dict, keys: list, on_done) -> None:
         import dask.threaded
@@ -331,7 +333,7 @@ def make_executor(cfg: JobConfig, run_dir: Path | None = None):
     per_worker = max(1, (e.threads or os.cpu_count() or 1) // e.workers)
     if e.scheduler == "threads" and e.workers > 1:
         set_threads(per_worker)
-        return ThreadExecutor(e.workers)
+        return ThreadExecutor(e.workers, per_worker)
     if e.scheduler == "processes":
         return ProcessExecutor(cfg, run_dir, e.workers, per_worker)
     if is_cluster(e.scheduler):
