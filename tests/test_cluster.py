@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, run_cli, save_photo
+from gigasid.engine.execute import SyncExecutor
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_local_cluster_scheduler(tmp_path, job_args, sync_png):
     assert _png(out) == sync_png
 
 
-class ReplayExecutor:
+class ReplayExecutor(SyncExecutor):
     """An adversarial in-process scheduler: runs the graph's tasks in a random order its
     edges allow, runs some tasks twice in a row (a duplicate) and replays random finished
     tasks at random later moments (a result lost with a worker) — with the engine's real
@@ -194,15 +195,6 @@ class ReplayExecutor:
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
         self.runs = 0
-
-    def start(self, job, run_dir, reporter):
-        pass
-
-    def tile_task(self, job, store, program, sample, scale, seed, coarser_name):
-        from gigasid.engine.execute import SyncExecutor
-
-        return SyncExecutor().tile_task(job, store, program, sample, scale, seed,
-                                        coarser_name)
 
     def run_graph(self, dsk, keys, on_done):
         need = {k: (list(v[3]) if len(v) == 4 else list(v[1])) if isinstance(v, tuple) else []
@@ -229,9 +221,6 @@ class ReplayExecutor:
                 old = dsk[self.rng.choice(history)]
                 old[0](old[1], old[2], None)
 
-    def shutdown(self):
-        pass
-
 
 @pytest.mark.parametrize("store_kind", ["memory", "zarr"])
 def test_replayed_and_duplicated_tasks_give_the_same_bytes(tmp_path, photo, store_kind):
@@ -239,7 +228,7 @@ def test_replayed_and_duplicated_tasks_give_the_same_bytes(tmp_path, photo, stor
     freed already) in random valid orders: the finest scale equals the sync run's."""
     from gigasid.config import load_config
     from gigasid.core.resample import resize
-    from gigasid.engine.execute import SyncExecutor, generate
+    from gigasid.engine.execute import generate
     from gigasid.engine.job import prepare
     from gigasid.engine.progress import Reporter
     from gigasid.engine.store import MemoryStore, ZarrStore
@@ -267,12 +256,8 @@ def test_replayed_and_duplicated_tasks_give_the_same_bytes(tmp_path, photo, stor
         st = store(f"replay{seed}")
         ex = ReplayExecutor(seed)
         got = final(st, generate(job, st, 7, 0, Reporter(), ex))
-        assert torch_equal(got, want), f"replay schedule {seed} changed the result"
+        assert torch.equal(got, want), f"replay schedule {seed} changed the result"
         assert ex.runs > 0
-
-
-def torch_equal(a, b) -> bool:
-    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def test_cluster_scheduler_needs_a_zarr_store(job_args):

@@ -107,9 +107,8 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
         if w not in waves_done:  # every tile done, wave marker missing
             store.mark(_mark(sample, scale, w))
     newest = max(complete, default=-1)
-    for w in range(n + 1):  # arrays a resumed scale still needs; older ones are freed
-        if w >= newest - 1:
-            store.ensure(_buf(sample, scale, w), shape, sp.tile)
+    for w in range(max(0, newest - 1), n + 1):  # what a resumed scale still needs
+        store.ensure(_buf(sample, scale, w), shape, sp.tile)
     for w in complete:
         _collect(store, sample, scale, w)
     for w in range(1, n + 1):
