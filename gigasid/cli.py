@@ -77,6 +77,7 @@ def run(
 
     from gigasid.codecs import make_codec
     from gigasid.config import dump_yaml, load_config
+    from gigasid.engine.allocator import tune_malloc
     from gigasid.engine.execute import is_cluster
     from gigasid.engine.job import (
         check_input_files,
@@ -92,6 +93,7 @@ def run(
     from gigasid.engine.runner import run as run_job
     from gigasid.io.images import image_shape
 
+    tune_malloc()  # the driver computes tiles too (sync / threads schedulers)
     cfg = load_config(config, overrides or [])
     out = out or Path("runs") / cfg.name
     for f in cfg.input_paths():

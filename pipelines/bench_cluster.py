@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -48,6 +49,9 @@ def _worker_peak_mb() -> float:
 
 
 def run_once(args: list[str], extra: list[str], client=None) -> dict:
+    # A LocalCluster's nanny writes its MALLOC_TRIM_THRESHOLD_ into this process's
+    # environment; measure every run as if started from a clean shell.
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with tempfile.TemporaryDirectory(dir=HERE) as d:
         run_dir = Path(d) / "run"
         cmd = [sys.executable, "-m", "gigasid", "run", *args, *extra, "--out", str(run_dir),
@@ -131,7 +135,7 @@ def main(argv=None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench_cluster.json").write_text(json.dumps(report, indent=2))
     lines = [f"# bench_cluster ({report['date']}, {platform.machine()}, "
-             f"{__import__('os').cpu_count()} cores)", "",
+             f"{os.cpu_count()} cores)", "",
              f"Retarget of the astronaut to {shape[0]}x{shape[1]} ({a.mp:g} MP), 10 steps, "
              "Zarr store, 512-px tiles; one thread per worker. "
              f"`python pipelines/bench_cluster.py --mp {a.mp:g}`.", "",

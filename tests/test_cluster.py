@@ -92,6 +92,10 @@ def test_cluster_run_equals_sync_and_survives_a_worker_kill(tmp_path, job_args, 
     assert len(done) == sum(e["tiles"] * (e["num_transitions"] + 1)
                             for e in _events(clean, "scale_start"))
     assert _events(clean, "cluster")[0]["workers"] == 2
+    from gigasid.engine.allocator import reuses_heap
+
+    # the nanny's MALLOC_TRIM_THRESHOLD_ was undone in the workers that ran the tiles
+    assert set(client.run(reuses_heap).values()) <= {True, None}
 
     killed = tmp_path / "worker-killed"
     proc = _popen([*job_args, f"engine.scheduler={addr}"], killed)

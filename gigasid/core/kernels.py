@@ -18,7 +18,7 @@ reference; these kernels compute the same things in one pass over memory:
 All are per-query / per-row loops in a fixed order: their result never depends on how many
 queries or rows a call holds, which keeps tiling invariance exact.
 
-numba is optional (the ``fast`` extra; wheels on the package index, no compiler). Without it,
+numba is a dependency (wheels on the package index, no compiler) but optional: without it,
 or with ``GIGASID_KERNELS=torch`` in the environment, the torch reference runs instead; this is
 also how the two are compared in benchmarks.
 """
@@ -70,6 +70,22 @@ def _compiled():
 # (the ``threads`` scheduler runs tiles in a thread pool): calls take turns, each using the
 # thread count torch was given.
 _LOCK = threading.Lock()
+
+
+def start_thread_pool() -> None:
+    """Start numba's thread pool now, when the kernels are on.
+
+    numba's OpenMP threading layer shares torch's ``libgomp``, and starting its pool (which
+    the first parallel kernel does) sets that library's thread count for the calling thread
+    to ``NUMBA_NUM_THREADS``, silently undoing ``torch.set_num_threads``: a worker meant to
+    use one thread then runs torch on every core. Call this before setting the count.
+    """
+    try:
+        if mode() != "numba":
+            return
+    except (ValueError, ImportError):  # reported where the kernels are first used
+        return
+    _compiled().numba.get_num_threads()  # launches the pool
 
 
 def _threads(nb) -> None:

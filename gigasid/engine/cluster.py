@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from gigasid.engine.allocator import tune_malloc
 from gigasid.engine.job import Job, set_threads
 from gigasid.engine.progress import Reporter
 from gigasid.errors import GigasidError
@@ -104,6 +105,7 @@ class RunPlugin(WorkerPlugin):
         n = self.threads or _threads_per_task(worker.state.nthreads,
                                               self.workers_by_host.get(host, 1))
         os.environ["VIPS_CONCURRENCY"] = str(n)
+        tune_malloc()  # the nanny's MALLOC_TRIM_THRESHOLD_ doubles a tile's time
         with _RUNS_LOCK:
             _RUNS[self.run_id] = {"spec": self.spec, "job": None, "threads": n}
 

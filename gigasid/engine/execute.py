@@ -23,6 +23,7 @@ import torch
 from gigasid.config import JobConfig
 from gigasid.core.domain import read_window
 from gigasid.engine import graph
+from gigasid.engine.allocator import tune_malloc
 from gigasid.engine.job import Job, prepare, set_threads
 from gigasid.engine.progress import Reporter
 from gigasid.engine.transition import run_transition
@@ -276,8 +277,9 @@ _WORKER: dict = {}
 
 def _worker_init(cfg_doc: dict, base_dir: str, run_dir: str, threads: int) -> None:
     """Process-pool initializer: rebuild the job from the run directory once per worker."""
-    set_threads(threads)
+    tune_malloc()
     _WORKER["job"] = WorkerJob.load(cfg_doc, base_dir, run_dir)
+    set_threads(threads)  # after the load: prepare() sets the job's own count (all cores)
 
 
 def _worker_tile(sample: int, scale: int, wave: int, ti: int, seed: int,

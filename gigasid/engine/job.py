@@ -44,14 +44,31 @@ def resolve_device(name: str) -> str:
 
 
 def set_threads(n: int | None) -> int:
-    """Cap torch and FAISS threads (``None`` -> all cores) so they don't oversubscribe."""
+    """Cap torch, FAISS and BLAS threads (``None`` -> all cores) so they don't oversubscribe.
+
+    torch's and FAISS's OpenMP counts belong to the calling thread; the OpenBLAS copies
+    bundled with faiss and numpy keep one process-wide count, read from the environment
+    when they load (a Dask worker starts them at 1, a spawned process at every core), so
+    they are set here too.
+    """
+    from gigasid.core.kernels import start_thread_pool
+
     n = n or os.cpu_count() or 1
+    start_thread_pool()  # starting it later would reset torch's count
     torch.set_num_threads(n)
     try:
         import faiss
 
         faiss.omp_set_num_threads(n)
     except ImportError:  # pragma: no cover - faiss is a dependency
+        pass
+    # an OpenBLAS copy loaded later (numba loads scipy's for its linear algebra) reads this
+    os.environ["OPENBLAS_NUM_THREADS"] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n, user_api="blas")
+    except ImportError:  # pragma: no cover - a dependency; only costs oversubscription
         pass
     return n
 
