@@ -55,16 +55,19 @@ def smooth_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
     x = image.to(torch.float32)[None]
-    w = (~hole).to(torch.float32)[None, None]
+    w = (~hole).to(x.device, torch.float32)[None, None]
+    # when to stop is decided on the CPU copy of the mask: no device sync per level
+    left = hole.cpu()[None, None].to(torch.float32)
     stack = []
     while True:
         stack.append((x, w))
-        if bool((w > 0).all()) or min(x.shape[-2:]) <= 1:
+        if not bool((left > 0).any()) or min(x.shape[-2:]) <= 1:
             break
         num = F.avg_pool2d(x * w, 2, ceil_mode=True)
         den = F.avg_pool2d(w, 2, ceil_mode=True)
         x = num / den.clamp(min=1e-8)
         w = (den > 0).to(torch.float32)
+        left = (F.avg_pool2d(left, 2, ceil_mode=True) == 1).to(torch.float32)
     filled = stack[-1][0]
     for x, w in reversed(stack[:-1]):
         up = F.interpolate(filled, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -76,7 +76,7 @@ class Outpaint(App):
         h, w = ref.shape[1:]
         oy, ox = self._offset = placement(view.plan.out_shape, (h, w),
                                           view.settings.outpaint.offset)
-        canvas = torch.zeros((ref.shape[0], H, W), dtype=torch.float32)
+        canvas = torch.zeros((ref.shape[0], H, W), dtype=torch.float32, device=ref.device)
         canvas[:, oy: oy + h, ox: ox + w] = ref.float()
         hole = torch.ones((H, W), dtype=torch.bool)
         hole[oy: oy + h, ox: ox + w] = False

@@ -68,14 +68,14 @@ def resize_in_bands(src: torch.Tensor, out_shape: tuple[int, int],
     """
     h, w = out_shape
     if out is None:
-        out = torch.empty((src.shape[0], h, w), dtype=src.dtype)
+        out = torch.empty((src.shape[0], h, w), dtype=src.dtype, device=src.device)
     in_shape = (src.shape[1], src.shape[2])
     for y0 in range(0, h, rows):
         for x0 in range(0, w, cols):
             region = (y0, min(h, y0 + rows), x0, min(w, x0 + cols))
             a, b, c, d = resample.input_region(in_shape, out_shape, region)
             out[:, region[0]:region[1], region[2]:region[3]] = resample.resize_region(
-                src[:, a:b, c:d], (a, c), in_shape, out_shape, region).to(out.dtype)
+                src[:, a:b, c:d], (a, c), in_shape, out_shape, region).to(out.device, out.dtype)
     return out
 
 
