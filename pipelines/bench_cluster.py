@@ -105,11 +105,15 @@ def main(argv=None) -> None:
     ap.add_argument("--mp", type=float, default=4.0)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="engine.threads for both schedulers (default: cores / workers)")
     ap.add_argument("--rate-grid", type=int, nargs=2, default=[64, 64],
                     help="tile grid of the scheduler-rate graph (64x64 512-px tiles = 1 GP)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     a = ap.parse_args(argv)
     args, shape = _job_args(a.mp)
+    if a.threads:
+        args.append(f"engine.threads={a.threads}")
     rows = []
     for n in a.workers:
         for _ in range(a.repeats):
@@ -138,7 +142,8 @@ def main(argv=None) -> None:
              f"{os.cpu_count()} cores)", "",
              f"Retarget of the astronaut to {shape[0]}x{shape[1]} ({a.mp:g} MP), 10 steps, "
              "Zarr store, 512-px tiles; one thread per worker. "
-             f"`python pipelines/bench_cluster.py --mp {a.mp:g}`.", "",
+             f"`python pipelines/bench_cluster.py --mp {a.mp:g}"
+             f"{f' --threads {a.threads}' if a.threads else ''}`.", "",
              "| workers | processes wall s | distributed wall s | overhead | cluster start s | "
              "driver peak MB (proc / dist) | worker peak RSS MB | tile tasks | recomputed | "
              "same bytes |", "|---|---|---|---|---|---|---|---|---|---|"]
