@@ -88,6 +88,25 @@ def test_compiled_fold_is_bit_identical(use, stride, shape):
     assert torch.equal(ref, got)
 
 
+def test_fold_with_index_maps_equals_the_expanded_grid(use):
+    """Windows that repeat (across a torus's wrap) folded through ``rows`` / ``cols`` maps
+    give the bits of the grid expanded by index_select, on both paths."""
+    p, c, stride = 5, 3, 2
+    ys = torch.arange(0, 31, stride)
+    xs = torch.arange(0, 25, stride)
+    g = torch.Generator().manual_seed(3)
+    rows = torch.cat([torch.arange(12), torch.arange(4)])  # 16 windows from 12 grid rows
+    cols = torch.cat([torch.arange(3), torch.arange(10)])  # 13 windows from 10 grid cols
+    est = torch.randn(12, 10, c * p * p, generator=g)
+    start = torch.randn(c, 36, 30, generator=g)
+    full = est.index_select(0, rows).index_select(1, cols).reshape(-1, c * p * p)
+    for kind in ("torch", "numba"):
+        use(kind)
+        ref = P.fold(full, ys, xs, p, c, out=start.clone())
+        got = P.fold(est, ys, xs, p, c, out=start.clone(), rows=rows, cols=cols)
+        assert torch.equal(ref, got), kind
+
+
 def test_compiled_ivf_search_is_exact_within_the_probed_lists(photo, use):
     """The k nearest vectors (float64 brute force) among those of the nprobe nearest lists,
     nearest first, the same rows whatever the batch, and FAISS's candidates."""

@@ -97,8 +97,9 @@ def reweight(x, cand, base, offs, kind, image, row_len, alpha, inv, out):  # pra
 
 
 @numba.njit(**_OPTS)
-def fold(grid, ys, xs, band, out):  # pragma: no cover
-    """Overlap-add ``grid`` ``(ny, nx, C, P, P)`` at window starts ``ys x xs`` into ``out``.
+def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
+    """Overlap-add ``grid`` ``(ny, nx, C, P, P)`` at window starts ``ys x xs`` into ``out``;
+    window ``(i, j)`` is grid entry ``(rows[i], cols[j])``.
 
     A pixel's contributions are added in the order of the torch fold: first along x by
     increasing patch column (decreasing window start) into a zeroed row strip, then the
@@ -106,7 +107,8 @@ def fold(grid, ys, xs, band, out):  # pragma: no cover
     canvas is split into (channel, ``band``-column) pieces that threads share out; a piece
     holds every contribution to its pixels, so the order does not depend on the split.
     """
-    ny, nx, c, p, _ = grid.shape
+    c, p = grid.shape[2], grid.shape[3]
+    ny, nx = ys.shape[0], xs.shape[0]
     width = out.shape[2]
     nb = (width + band - 1) // band
     for task in numba.prange(c * nb):
@@ -115,6 +117,7 @@ def fold(grid, ys, xs, band, out):  # pragma: no cover
         b1 = min(width, b0 + band)
         strip = np.empty((p, b1 - b0), dtype=np.float32)
         for i in range(ny - 1, -1, -1):
+            gi = rows[i]
             strip[:] = 0.0
             for j in range(nx - 1, -1, -1):
                 x0 = xs[j]
@@ -124,7 +127,7 @@ def fold(grid, ys, xs, band, out):  # pragma: no cover
                 hi = min(p, b1 - x0)
                 for py in range(p):
                     for px in range(lo, hi):
-                        strip[py, x0 + px - b0] += grid[i, j, ch, py, px]
+                        strip[py, x0 + px - b0] += grid[gi, cols[j], ch, py, px]
             y0 = ys[i]
             for py in range(p):
                 for xx in range(b1 - b0):

@@ -137,12 +137,8 @@ def denoise_region(
             est.mul_(wflat.to(est.device))
             done[key] = est.view(len(y_first), len(x_first), -1)
         est = done[key] if domain.y.kind == "torus" else done.pop(key)
-        if y_copy is not None:
-            est = est.index_select(0, y_copy.to(est.device))
-        if x_copy is not None:
-            est = est.index_select(1, x_copy.to(est.device))
-        est = est.reshape(-1, est.shape[2])
-        P.fold(est, yc - sy0, xs - sx0, patch, c, out=num)
+        # windows seen twice (across the wrap) are folded twice straight from `est`
+        P.fold(est, yc - sy0, xs - sx0, patch, c, out=num, rows=y_copy, cols=x_copy)
     # The normaliser is separable because the window and the grid are.
     cy = _coverage_1d(ys, g, y0, y1)
     cx = _coverage_1d(xs, g, x0, x1)

@@ -133,14 +133,22 @@ def reweight(layout, x: torch.Tensor, idx: torch.Tensor, alpha: float, sigma: fl
 FOLD_BAND = 128
 
 
-def fold(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, out: torch.Tensor) -> None:
+def fold(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, out: torch.Tensor,
+         rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
     """Bit-exact compiled :func:`gigasid.core.patches.fold` of ``grid`` ``(ny, nx, C, P, P)``
-    into ``out`` ``(C, H, W)`` (float32, CPU, contiguous), in place."""
+    into ``out`` ``(C, H, W)`` (float32, CPU, contiguous), in place; ``rows`` / ``cols``
+    map window ``(i, j)`` to grid entry ``(rows[i], cols[j])`` (identity when None)."""
     nk = _compiled()
+
+    def index(m, n):
+        m = torch.arange(n) if m is None else m
+        return m.to(torch.int64).contiguous().numpy()
+
     with _LOCK:
         _threads(nk.numba)
         nk.fold(grid.contiguous().numpy(), ys.to(torch.int64).contiguous().numpy(),
-                xs.to(torch.int64).contiguous().numpy(), FOLD_BAND, out.numpy())
+                xs.to(torch.int64).contiguous().numpy(), index(rows, len(ys)),
+                index(cols, len(xs)), FOLD_BAND, out.numpy())
 
 
 def ivf_layout(index) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -125,6 +125,8 @@ def fold(
     channels: int,
     out_shape: tuple[int, int] | None = None,
     out: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Overlap-add flat patches at window offsets ``ys x xs`` into a ``(C, H, W)`` canvas.
 
@@ -132,15 +134,26 @@ def fold(
     window grid may be irregular (a regular stride grid plus the border window); it is split
     into arithmetic runs. Pass ``out`` to accumulate into an existing canvas, or
     ``out_shape`` to start from zeros.
+
+    ``rows`` / ``cols`` (optional index maps) fold patch grid row ``rows[i]`` at ``ys[i]``
+    and column ``cols[j]`` at ``xs[j]``: ``patches`` is then ``(n_rows, n_cols, D)`` and a
+    window that appears twice (across a torus's wrap) is folded twice without being copied.
+    The result equals folding the grid expanded by ``index_select``, bit for bit.
     """
     if out is None:
         if out_shape is None:
             raise ValueError("fold needs out_shape or out")
         out = torch.zeros((channels, *out_shape), dtype=patches.dtype, device=patches.device)
-    grid = patches.reshape(len(ys), len(xs), channels, patch, patch)
+    ny = len(ys) if rows is None else patches.shape[0]
+    nx = len(xs) if cols is None else patches.shape[1]
+    grid = patches.reshape(ny, nx, channels, patch, patch)
     if kernels.enabled(out) and out.dtype == torch.float32 and out.is_contiguous():
-        kernels.fold(grid.to(torch.float32), ys, xs, out)
+        kernels.fold(grid.to(torch.float32), ys, xs, out, rows, cols)
         return out
+    if rows is not None:
+        grid = grid.index_select(0, rows.to(grid.device))
+    if cols is not None:
+        grid = grid.index_select(1, cols.to(grid.device))
     width = out.shape[2]
     # Separable: overlap-add along x into a strip of patch rows (ny, C, P, W), then along y.
     # That is 2P strided additions per run instead of P^2. The offset loop is the OUTER
