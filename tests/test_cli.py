@@ -185,3 +185,23 @@ def test_reconstruct_writes_its_psnr_to_timings(tmp_path, photo_file):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "timings.json").read_text())["metrics"]
     assert metrics[0]["psnr_db"] > 25
+
+
+def test_pillow_bomb_limit_does_not_apply_to_inputs(tmp_path, monkeypatch):
+    """Pillow warns above ~89 MP and refuses above ~179 MP; gigasid has its own limits, so a
+    large input's header and pixels read without warnings (the limit is lowered here to
+    exercise it on a small image) and Pillow's setting is restored afterwards."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from gigasid.io.images import image_shape, load_image
+
+    path = save_png(np.zeros((40, 60, 3), np.uint8), tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2400 px: above 2x -> an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert image_shape(path) == (40, 60)
+        assert load_image(path).shape == (3, 40, 60)
+    assert Image.MAX_IMAGE_PIXELS == 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 from pathlib import Path
@@ -65,11 +66,27 @@ def load_image(path: str | Path) -> torch.Tensor:
     return x.permute(2, 0, 1).contiguous()
 
 
-def _read_pil(p: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def _open_pil(p: Path):
+    """``PIL.Image.open`` without Pillow's decompression-bomb limit (about 179 MP raises,
+    89 MP warns): gigasid sets its own limits (MAX_IN_MEMORY_PIXELS, streamed decoding),
+    and a header read must work for any size. The limit is restored afterwards."""
+    from PIL import Image
 
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(p) as im:
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _read_pil(p: Path) -> np.ndarray:
+    from PIL import UnidentifiedImageError
+
+    try:
+        with _open_pil(p) as im:
             if im.width * im.height > MAX_IN_MEMORY_PIXELS:
                 raise InputError(f"{p}: {im.width}x{im.height} is too large to decode in memory")
             im.load()
@@ -127,10 +144,10 @@ def image_shape(path: str | Path) -> tuple[int, int]:
         if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
             return int(shape[1]), int(shape[2])
         return int(shape[0]), int(shape[1])
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
+        with _open_pil(p) as im:
             return im.height, im.width
     except UnidentifiedImageError:
         raise InputError(f"{p}: not a readable image (unknown or corrupt format)") from None
