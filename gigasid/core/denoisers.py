@@ -233,6 +233,7 @@ class AnnDenoiser:
         self.k = min(s.k, self.n)
         self.mean = _source_mean(self.src)
         self.chunk = query_chunk
+        self._index_path = index_path
         if index_path is not None and os.path.exists(index_path):
             self._load(index_path)
         else:
@@ -242,6 +243,7 @@ class AnnDenoiser:
                 # Re-open it memory-mapped: the lists then live in the page cache, shared
                 # with the worker processes, instead of in this process's heap.
                 self._load(index_path)
+                self._save_ivf_layout(index_path)
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = s.nprobe
 
@@ -404,13 +406,32 @@ class AnnDenoiser:
                 torch.bmm(w[:, None, :], cand, out=dst.view(-1, 1, dst.shape[1]))
         return out.to(x.dtype)
 
+    _LAYOUT_PARTS = ("cent_t", "starts", "vecs", "ids")
+
+    def _save_ivf_layout(self, path: str) -> None:
+        """Write the compiled search's copy of the IVF-Flat lists next to the index, so every
+        process memory-maps it (page cache) instead of holding its own heap copy."""
+        if kernels.mode() != "numba" or not isinstance(self.index, self._faiss.IndexIVFFlat):
+            return
+        for name, arr in zip(self._LAYOUT_PARTS, kernels.ivf_layout(self.index), strict=True):
+            tmp = f"{path}.{name}.{os.getpid()}.tmp.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, f"{path}.{name}.npy")
+
     def _ivf_layout(self):
         """The IVF-Flat lists as the compiled search reads them (built once), or None for
         other index kinds, which FAISS searches."""
         if not hasattr(self, "_kernel_ivf"):
+            p = self._index_path
+            if p is not None and all(os.path.exists(f"{p}.{n}.npy")
+                                     for n in self._LAYOUT_PARTS):
+                self._kernel_ivf = tuple(np.asarray(np.load(f"{p}.{n}.npy", mmap_mode="r"))
+                                         for n in self._LAYOUT_PARTS)
+                return self._kernel_ivf
             flat = isinstance(self.index, self._faiss.IndexIVFFlat)
-            # The layout is a heap copy of the lists: past a size, FAISS searches its own
-            # (memory-mapped) lists instead, so big references keep their memory bound.
+            # A layout built here is a heap copy of the lists: past a size, FAISS searches
+            # its own (memory-mapped) lists instead, so big references keep their memory
+            # bound. (A saved layout, above, is memory-mapped at any size.)
             small = flat and self.index.ntotal * self.index.d * 4 <= IVF_KERNEL_MAX_BYTES
             self._kernel_ivf = kernels.ivf_layout(self.index) if small else None
         return self._kernel_ivf
