@@ -331,5 +331,10 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         state = sum(sizes) + LOOKAHEAD * max(sizes)
         h, w = plan.pixel_shape
         out = 2 * h * w * 3
-        index = sum(s.index_bytes for s in plan.scales if s.backend == "ann")
+        # the compiled search saves its own copy of an IVF-Flat index's lists next to it
+        from gigasid.core import kernels
+
+        copies = 2 if kernels.mode() == "numba" else 1
+        index = sum(s.index_bytes * (copies if s.ann_index == "ivf" else 1)
+                    for s in plan.scales if s.backend == "ann")
         plan.est_disk_bytes = int(plan.num_samples * (state + out) + index)
