@@ -72,24 +72,14 @@ def _compiled():
 _LOCK = threading.Lock()
 
 
-def start_thread_pool() -> None:
-    """Start numba's thread pool now, when the kernels are on.
-
-    numba's OpenMP threading layer shares torch's ``libgomp``, and starting its pool (which
-    the first parallel kernel does) sets that library's thread count for the calling thread
-    to ``NUMBA_NUM_THREADS``, silently undoing ``torch.set_num_threads``: a worker meant to
-    use one thread then runs torch on every core. Call this before setting the count.
-    """
-    try:
-        if mode() != "numba":
-            return
-    except (ValueError, ImportError):  # reported where the kernels are first used
-        return
-    _compiled().numba.get_num_threads()  # launches the pool
-
-
 def _threads(nb) -> None:
-    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
+    n = torch.get_num_threads()
+    nb.set_num_threads(max(1, min(n, nb.config.NUMBA_NUM_THREADS)))
+    # numba's OpenMP layer starts its pool on the first call, and that sets the calling
+    # thread's OpenMP count to NUMBA_NUM_THREADS, undoing torch.set_num_threads (a worker
+    # meant to use one thread then ran torch on every core): put torch's count back.
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def source_layout(src) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:

@@ -51,11 +51,8 @@ def set_threads(n: int | None) -> int:
     when they load (a Dask worker starts them at 1, a spawned process at every core), so
     they are set here too.
     """
-    from gigasid.core.kernels import start_thread_pool
-
     n = n or os.cpu_count() or 1
-    start_thread_pool()  # starting it later would reset torch's count
-    torch.set_num_threads(n)
+    torch.set_num_threads(n)  # (the compiled kernels keep it when numba starts its pool)
     try:
         import faiss
 
