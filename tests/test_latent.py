@@ -277,10 +277,11 @@ def test_corrupt_weights_are_refused_and_leave_an_existing_run_alone(tmp_path, p
     for w in bad.glob("*.safetensors"):
         w.write_bytes(b"not a safetensors file")
     out = tmp_path / "run"
-    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"]), "--out", out, "--quiet")
+    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"], "num_steps=2"), "--out", out,
+                "--quiet")
     assert r.returncode == 0, r.stderr
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    r = run_cli("run", *_latent_args(ref, bad), "--out", out)
+    r = run_cli("run", *_latent_args(ref, bad, "num_steps=2"), "--out", out)
     _refused(r, "corrupt")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
