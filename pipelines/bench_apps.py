@@ -54,20 +54,34 @@ def _mask_file(image: str, out: Path) -> Path:
     return path
 
 
-def _timed(args: list[str], samples: int) -> tuple[list[float], list[np.ndarray], object]:
+def _prepared(args: list[str]):
     from gigasid.config import load_config
-    from gigasid.engine.execute import sample_once
     from gigasid.engine.job import prepare
+
+    return prepare(load_config(args[0], args[1:]))
+
+
+def _sample(job, i: int) -> tuple[float, np.ndarray]:
+    from gigasid.engine.execute import sample_once
     from gigasid.io.images import to_uint8
 
-    job = prepare(load_config(args[0], args[1:]))
-    times, images = [], []
+    t0 = time.perf_counter()
+    x = sample_once(job, i)
+    return time.perf_counter() - t0, to_uint8(x)
+
+
+def _paired(job, base, samples: int) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """Samples of ``job`` and of ``base`` in turn (A B A B ...), after one warm-up each:
+    a ratio taken pair by pair stays meaningful when the machine's speed drifts."""
+    _sample(job, samples)
+    _sample(base, samples)
+    t_app, t_base, images = [], [], []
     for i in range(samples):
-        t0 = time.perf_counter()
-        x = sample_once(job, i)
-        times.append(time.perf_counter() - t0)
-        images.append(to_uint8(x))
-    return times, images, job
+        t, img = _sample(job, i)
+        t_app.append(t)
+        images.append(img)
+        t_base.append(_sample(base, i)[0])
+    return t_app, t_base, images
 
 
 def _grad_ratio(img: np.ndarray, hole: np.ndarray) -> float:
@@ -163,16 +177,20 @@ def run(images: list[str], samples: int, out: Path, apps: list[str] | None = Non
                 base.append(f"structure=builtin:{second if second != image else 'coffee'}")
             if app == "multi_reference":
                 base[1] = f"input=[builtin:{image},builtin:{second}]"
-            t_app, imgs, job = _timed(base, samples)
+            job = _prepared(base)
             h, w = job.plan.out_shape
             plain = [a for a in base if not a.startswith(("mask=", "structure="))]
             plain[1] = f"input=builtin:{image}"
-            t_unc, _, _ = _timed(plain + ["app=uncond", f"output_size=[{h},{w}]"], samples)
+            unc = _prepared(plain + ["app=uncond", f"output_size=[{h},{w}]"])
+            t_app, t_unc, imgs = _paired(job, unc, samples)
+            metrics = [_app_metrics(app, im, job, src) for im in imgs]
             rec = {"image": image, "app": app, "out_shape": [h, w],
                    "median_s": statistics.median(t_app),
                    "uncond_median_s": statistics.median(t_unc),
-                   **_app_metrics(app, imgs[0], job, src), **_quality(imgs, job)}
-            rec["ratio"] = rec["median_s"] / rec["uncond_median_s"]
+                   "ratio": statistics.median(a / b for a, b in zip(t_app, t_unc,
+                                                                    strict=True)),
+                   **{k: statistics.median(m[k] for m in metrics) for k in metrics[0]},
+                   **_quality(imgs, job)}
             pics = out / "apps"
             pics.mkdir(exist_ok=True)
             if app == "inpaint":
@@ -193,7 +211,9 @@ def write_report(res: dict, out: Path) -> None:
     m = machine()
     lines = ["# bench_apps", "", f"Machine: {m}", "",
              "Each application with its preset (`configs/<app>.yaml`) and `uncond` with the "
-             "same settings and output size, same process; medians over the samples.", "",
+             "same settings and output size, same process, sampled in turn (app, uncond, app, "
+             "...; one warm-up each); times and metrics are medians over the samples, the "
+             "ratio the median of the pairs' ratios.", "",
              "| image | app | output | s / sample | uncond s | ratio | app metric | patch SWD "
              "| NN-patch RMS | pixel diversity |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:

@@ -227,4 +227,4 @@ def test_bad_app_configs_exit_2_with_a_message(tmp_path, args, message):
                 *[a.format(**fmt) for a in args], "--out", tmp_path / "run", "--quiet")
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "run" / "data.zarr").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made

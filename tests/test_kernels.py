@@ -5,7 +5,7 @@ import torch
 
 from gigasid.core import kernels
 from gigasid.core import patches as P
-from gigasid.core.denoisers import AnnDenoiser, AnnSettings, MatrixSource
+from gigasid.core.denoisers import AnnDenoiser, AnnSettings, ExactDenoiser, MatrixSource
 
 pytest.importorskip("numba")
 
@@ -72,6 +72,24 @@ def test_ann_denoiser_same_with_either_kernel(photo, use, index):
     assert (a - b).abs().max() < 1e-5
 
 
+def test_exact_denoiser_rescoring_kernel(photo, use):
+    """The compiled re-scoring of the exact denoiser's best candidates: the torch result
+    within float32 rounding, at a small sigma where the re-scoring decides, and the same
+    bits for a query whatever batch it is in."""
+    grid = P.PatchGrid(photo[:, :40, :40], 5, 1)
+    y = grid.block(0, grid.n)
+    g = torch.Generator().manual_seed(6)
+    x = 0.9 * y[torch.randint(0, grid.n, (200,), generator=g)] + 0.02 * torch.randn(
+        200, y.shape[1], generator=g)
+    den = ExactDenoiser(y)
+    use("torch")
+    a = den(x, 0.9, 0.02)
+    use("numba")
+    b = den(x, 0.9, 0.02)
+    assert (a - b).abs().max() < 1e-4
+    assert torch.equal(torch.cat([den(x[:77], 0.9, 0.02), den(x[77:], 0.9, 0.02)]), b)
+
+
 @pytest.mark.parametrize("stride,shape", [(1, (23, 31)), (3, (40, 29)), (4, (130, 300))])
 def test_compiled_fold_is_bit_identical(use, stride, shape):
     """Irregular grids (stride + border window), accumulated into a canvas that already
@@ -104,6 +122,22 @@ def test_fold_with_index_maps_equals_the_expanded_grid(use):
         use(kind)
         ref = P.fold(full, ys, xs, p, c, out=start.clone())
         got = P.fold(est, ys, xs, p, c, out=start.clone(), rows=rows, cols=cols)
+        assert torch.equal(ref, got), kind
+
+
+def test_fold_drops_what_falls_outside_the_canvas(use):
+    """Folding onto a crop of the canvas (windows reaching past it, on every side) gives the
+    crop of the whole fold, bit for bit, on both paths."""
+    p, c = 5, 2
+    ys, xs = torch.arange(-3, 27, 1), torch.arange(-4, 22, 2)
+    g = torch.Generator().manual_seed(5)
+    est = torch.randn(len(ys) * len(xs), c * p * p, generator=g)
+    whole = torch.randn(c, 36, 30, generator=g)  # canvas origin at (-4, -5)
+    crop = (slice(None), slice(6, 27), slice(3, 22))
+    for kind in ("torch", "numba"):
+        use(kind)
+        ref = P.fold(est, ys + 4, xs + 5, p, c, out=whole.clone())[crop]
+        got = P.fold(est, ys - 2, xs + 2, p, c, out=whole[crop].clone())
         assert torch.equal(ref, got), kind
 
 

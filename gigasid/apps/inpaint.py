@@ -52,6 +52,12 @@ def mask_to_hole(mask: torch.Tensor) -> torch.Tensor:
     return m >= 0.5
 
 
+def _check_mask_size(path, mask_shape: tuple[int, int], input_shape: tuple[int, int]) -> None:
+    if tuple(mask_shape) != tuple(input_shape):
+        raise InputError(f"mask {path} is {mask_shape[1]}x{mask_shape[0]} px but the input is "
+                         f"{input_shape[1]}x{input_shape[0]} px; they must be the same size")
+
+
 @register
 class Inpaint(App):
     name = "inpaint"
@@ -73,13 +79,16 @@ class Inpaint(App):
                               "app: outpaint to extend the canvas)")
         return tuple(ref_shapes[0])
 
+    def preflight(self, cfg, ref_shapes: list[tuple[int, int]]) -> None:
+        from gigasid.io.images import image_shape
+
+        path = cfg.resolve_path(cfg.app_config.mask)
+        _check_mask_size(path, image_shape(path), ref_shapes[0])
+
     def prepare(self, view: JobView) -> None:
         path = view.extra_inputs[0]
         hole = mask_to_hole(view.load_image(path))
-        ref = view.references[0][0]
-        if tuple(hole.shape) != tuple(ref.shape[1:]):
-            raise InputError(f"mask {path} is {hole.shape[1]}x{hole.shape[0]} px but the input "
-                             f"is {ref.shape[2]}x{ref.shape[1]} px; they must be the same size")
+        _check_mask_size(path, tuple(hole.shape), tuple(view.references[0][0].shape[1:]))
         if not bool(hole.any()):
             raise InputError(f"mask {path} has no white pixels: nothing to regenerate")
         if bool(hole.all()):

@@ -97,9 +97,23 @@ def reweight(x, cand, base, offs, kind, image, row_len, alpha, inv, out):  # pra
 
 
 @numba.njit(**_OPTS)
+def sq_dists(x, y, top, alpha, out):  # pragma: no cover
+    """``out[i, j] = ||x_i - alpha y_{top[i, j]}||^2`` from direct differences (float32).
+
+    The exact denoiser's re-scoring of its best candidates: one pass over each candidate
+    row, no ``(m, k, D)`` temporaries.
+    """
+    m, k = top.shape
+    for i in numba.prange(m):
+        for j in range(k):
+            out[i, j] = _sq_dist(x[i], y[top[i, j]], alpha)
+
+
+@numba.njit(**_OPTS)
 def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
     """Overlap-add ``grid`` ``(ny, nx, C, P, P)`` at window starts ``ys x xs`` into ``out``;
-    window ``(i, j)`` is grid entry ``(rows[i], cols[j])``.
+    window ``(i, j)`` is grid entry ``(rows[i], cols[j])``. Windows may reach past the
+    canvas: what falls outside is dropped (never computed).
 
     A pixel's contributions are added in the order of the torch fold: first along x by
     increasing patch column (decreasing window start) into a zeroed row strip, then the
@@ -109,7 +123,7 @@ def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
     """
     c, p = grid.shape[2], grid.shape[3]
     ny, nx = ys.shape[0], xs.shape[0]
-    width = out.shape[2]
+    height, width = out.shape[1], out.shape[2]
     nb = (width + band - 1) // band
     for task in numba.prange(c * nb):
         ch = task // nb
@@ -118,6 +132,11 @@ def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
         strip = np.empty((p, b1 - b0), dtype=np.float32)
         for i in range(ny - 1, -1, -1):
             gi = rows[i]
+            y0 = ys[i]
+            ylo = max(0, -y0)
+            yhi = min(p, height - y0)
+            if ylo >= yhi:
+                continue
             strip[:] = 0.0
             for j in range(nx - 1, -1, -1):
                 x0 = xs[j]
@@ -125,11 +144,10 @@ def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
                     continue
                 lo = max(0, b0 - x0)
                 hi = min(p, b1 - x0)
-                for py in range(p):
+                for py in range(ylo, yhi):
                     for px in range(lo, hi):
                         strip[py, x0 + px - b0] += grid[gi, cols[j], ch, py, px]
-            y0 = ys[i]
-            for py in range(p):
+            for py in range(ylo, yhi):
                 for xx in range(b1 - b0):
                     out[ch, y0 + py, b0 + xx] += strip[py, xx]
 

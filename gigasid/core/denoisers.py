@@ -129,12 +129,15 @@ class ExactDenoiser:
             top = logits.topk(k, dim=1).indices  # (m, k), best first
             rel = logits - logits.gather(1, top[:, :1])
             xq = x[s : s + self.chunk].to(torch.float32)
-            d2 = torch.empty(top.shape, dtype=torch.float32, device=x.device)
-            for b in range(0, top.shape[0], 256):  # small blocks: the (m, k, D) stay in cache
-                t = top[b : b + 256]
-                cand = torch.index_select(self.y32, 0, t.reshape(-1)).view(*t.shape, -1)
-                diff = torch.sub(xq[b : b + 256, None, :], cand, alpha=alpha)
-                d2[b : b + 256] = torch.linalg.vecdot(diff, diff)
+            if kernels.enabled(xq):
+                d2 = kernels.sq_dists(xq, self.y32, top, alpha)
+            else:
+                d2 = torch.empty(top.shape, dtype=torch.float32, device=x.device)
+                for b in range(0, top.shape[0], 256):  # small blocks: (m, k, D) in cache
+                    t = top[b : b + 256]
+                    cand = torch.index_select(self.y32, 0, t.reshape(-1)).view(*t.shape, -1)
+                    diff = torch.sub(xq[b : b + 256, None, :], cand, alpha=alpha)
+                    d2[b : b + 256] = torch.linalg.vecdot(diff, diff)
             rel.scatter_(1, top, (d2 - d2[:, :1]).mul_(-0.5 * inv))
             w = torch.softmax(rel, dim=1)
             out[s : s + self.chunk] = (w.to(self.compute_dtype) @ self.y_c).to(torch.float32)

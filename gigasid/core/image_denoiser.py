@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from gigasid.core import kernels, resample
 from gigasid.core import patches as P
-from gigasid.core import resample
 from gigasid.core.domain import Domain
 
 Region = tuple[int, int, int, int]
@@ -25,13 +25,20 @@ def patch_halo_region(domain: Domain, patch: int, stride: int, region: Region) -
 
 
 def _coverage_1d(starts: torch.Tensor, g: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Sum of the 1-D fold window over all windows, on pixels ``lo .. hi-1``."""
-    cov = torch.zeros(hi - lo, dtype=torch.float64)
+    """Sum of the 1-D fold window over all windows, on pixels ``lo .. hi-1``.
+
+    Each pixel adds its windows' weights in increasing window start (float64), the order of a
+    loop over the starts, so a pixel's value does not depend on the region it is part of.
+    """
     p = g.shape[0]
-    for s in starts.tolist():
-        a, b = max(s, lo), min(s + p, hi)
-        if a < b:
-            cov[a - lo : b - lo] += g[a - s : b - s]
+    hit = torch.zeros(hi - lo + p - 1, dtype=torch.int64)  # windows starting at lo - p + 1 + i
+    inside = starts[(starts > lo - p) & (starts < hi)] - (lo - p + 1)
+    hit.index_add_(0, inside, torch.ones_like(inside))
+    if int(hit.max()) > 1:
+        raise ValueError("window starts must be distinct")
+    cov = torch.zeros(hi - lo, dtype=torch.float64)
+    for off in range(p - 1, -1, -1):  # pixel x, window start x - off: increasing start
+        cov += hit[p - 1 - off : p - 1 - off + hi - lo].to(torch.float64) * g[off]
     return cov
 
 
@@ -110,7 +117,10 @@ def denoise_region(
     g = window.to(torch.float64)
     w2 = (g[:, None] * g[None, :]).to(torch.float32)
     wflat = w2.expand(c, patch, patch).reshape(-1)
-    num = torch.zeros((c, sy1 - sy0, sx1 - sx0), dtype=torch.float32, device=x.device)
+    # The compiled fold drops what falls outside its canvas, so it folds onto the region
+    # alone (a halo or a torus's far side is never summed); torch's fold gets the span.
+    cy0, cx0, cy1, cx1 = (y0, x0, y1, x1) if kernels.enabled(x) else (sy0, sx0, sy1, sx1)
+    num = torch.zeros((c, cy1 - cy0, cx1 - cx0), dtype=torch.float32, device=x.device)
     # Chunks of patch rows on a grid of `band` pixel rows fixed by the scale's width (on a
     # torus, by the wrapped start, so that a pixel computed across the wrap or not gets its
     # contributions in the same order); consecutive runs of one chunk id form one call.
@@ -138,12 +148,12 @@ def denoise_region(
             done[key] = est.view(len(y_first), len(x_first), -1)
         est = done[key] if domain.y.kind == "torus" else done.pop(key)
         # windows seen twice (across the wrap) are folded twice straight from `est`
-        P.fold(est, yc - sy0, xs - sx0, patch, c, out=num, rows=y_copy, cols=x_copy)
+        P.fold(est, yc - cy0, xs - cx0, patch, c, out=num, rows=y_copy, cols=x_copy)
     # The normaliser is separable because the window and the grid are.
     cy = _coverage_1d(ys, g, y0, y1)
     cx = _coverage_1d(xs, g, x0, x1)
     den = (cy[:, None] * cx[None, :]).to(torch.float32).to(x.device)
-    return num[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0] / den
+    return num[:, y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0] / den
 
 
 def blend_low_shape(fine_shape: tuple[int, int], ratio: float,

@@ -11,6 +11,8 @@ reference; these kernels compute the same things in one pass over memory:
 * :func:`ivf_search` - IVF-Flat retrieval (coarse lists and list scan) from direct
   differences, independent of the batch by construction; FAISS's own search needs a
   shortlist re-ranked pair by pair for that (see ``AnnDenoiser._coarse``).
+* :func:`sq_dists` - the exact denoiser's re-scoring of its best candidates from direct
+  differences, without the ``(m, k, D)`` gather and difference tensors.
 * :func:`fold` - the separable overlap-add, adding each pixel's contributions in exactly the
   order of :func:`gigasid.core.patches.fold` (bit for bit the same result), one patch row at
   a time, so the partial row sums stay in cache.
@@ -115,6 +117,18 @@ def reweight(layout, x: torch.Tensor, idx: torch.Tensor, alpha: float, sigma: fl
         _threads(nk.numba)
         nk.reweight(xs, cand, base, offs, kind, image, row_len, float(alpha),
                     1.0 / (2.0 * sigma * sigma), out.numpy())
+    return out
+
+
+def sq_dists(x: torch.Tensor, y: torch.Tensor, top: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(m, k)`` squared distances ``||x_i - alpha y_{top[i, j]}||^2`` (float32, CPU):
+    see :func:`_numba_kernels.sq_dists`."""
+    nk = _compiled()
+    out = torch.empty(top.shape, dtype=torch.float32)
+    with _LOCK:
+        _threads(nk.numba)
+        nk.sq_dists(x.contiguous().numpy(), y.contiguous().numpy(),
+                    top.to(torch.int64).contiguous().numpy(), float(alpha), out.numpy())
     return out
 
 

@@ -130,10 +130,11 @@ def fold(
 ) -> torch.Tensor:
     """Overlap-add flat patches at window offsets ``ys x xs`` into a ``(C, H, W)`` canvas.
 
-    The offsets are relative to the canvas origin and every window must lie inside it. The
-    window grid may be irregular (a regular stride grid plus the border window); it is split
-    into arithmetic runs. Pass ``out`` to accumulate into an existing canvas, or
-    ``out_shape`` to start from zeros.
+    The offsets are relative to the canvas origin; windows may reach past the canvas, and
+    what falls outside is dropped (a region's canvas need not hold its halo). The window grid
+    may be irregular (a regular stride grid plus the border window); it is split into
+    arithmetic runs. Pass ``out`` to accumulate into an existing canvas, or ``out_shape`` to
+    start from zeros.
 
     ``rows`` / ``cols`` (optional index maps) fold patch grid row ``rows[i]`` at ``ys[i]``
     and column ``cols[j]`` at ``xs[j]``: ``patches`` is then ``(n_rows, n_cols, D)`` and a
@@ -150,6 +151,21 @@ def fold(
     if kernels.enabled(out) and out.dtype == torch.float32 and out.is_contiguous():
         kernels.fold(grid.to(torch.float32), ys, xs, out, rows, cols)
         return out
+    height, width = out.shape[1], out.shape[2]
+    if len(ys) and len(xs):
+        top, left = max(0, -int(ys.min())), max(0, -int(xs.min()))
+        bottom = max(0, int(ys.max()) + patch - height)
+        right = max(0, int(xs.max()) + patch - width)
+        if top or left or bottom or right:
+            # Fold into a canvas that holds every window, then keep the inside: the inside
+            # pixels get the same additions in the same order as the compiled kernel's.
+            big = torch.zeros((channels, height + top + bottom, width + left + right),
+                              dtype=out.dtype, device=out.device)
+            inner = big[:, top : top + height, left : left + width]
+            inner.copy_(out)
+            fold(patches, ys + top, xs + left, patch, channels, out=big, rows=rows, cols=cols)
+            out.copy_(inner)
+            return out
     if rows is not None:
         grid = grid.index_select(0, rows.to(grid.device))
     if cols is not None:
