@@ -3,6 +3,7 @@
 Usage::
 
     python pipelines/bench_apps.py [--images rocket chelsea coffee] [--samples 3]
+        [--apps tileable ...] [--set output_size=[512,512]] [--out DIR]
 
 For every image and application the app runs with its preset (``configs/<app>.yaml``) and
 ``uncond`` runs with the *same* settings and output size in the same process, so the time
@@ -158,7 +159,8 @@ def _resynth(image: str, mask: Path) -> dict | None:
                                                 .astype(int)).max()), "image": img}
 
 
-def run(images: list[str], samples: int, out: Path, apps: list[str] | None = None) -> dict:
+def run(images: list[str], samples: int, out: Path, apps: list[str] | None = None,
+        overrides: list[str] | None = None) -> dict:
     from PIL import Image
 
     from gigasid.io.images import builtin_image
@@ -170,7 +172,7 @@ def run(images: list[str], samples: int, out: Path, apps: list[str] | None = Non
             if apps and app not in apps:
                 continue
             base = [str(REPO / "configs" / f"{preset}.yaml"), f"input=builtin:{image}",
-                    "num_samples=1", *extra]
+                    "num_samples=1", *extra, *(overrides or [])]
             if app == "inpaint":
                 base.append(f"mask={_mask_file(image, out)}")
             if app == "analogy":
@@ -210,6 +212,8 @@ def write_report(res: dict, out: Path) -> None:
 
     m = machine()
     lines = ["# bench_apps", "", f"Machine: {m}", "",
+             *([f"Overrides for every row: `{' '.join(res['overrides'])}`", ""]
+               if res.get("overrides") else []),
              "Each application with its preset (`configs/<app>.yaml`) and `uncond` with the "
              "same settings and output size, same process, sampled in turn (app, uncond, app, "
              "...; one warm-up each); times and metrics are medians over the samples, the "
@@ -244,15 +248,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--apps", nargs="+", choices=list(APPS),
                     help="re-measure only these rows (the others are kept from the report)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every row, e.g. output_size=[512,512] (write "
+                         "such a run to its own --out folder)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    res = run(a.images, a.samples, a.out, a.apps)
+    res = run(a.images, a.samples, a.out, a.apps, a.set)
     old = a.out / "bench_apps.json"
     if a.apps and old.is_file():
         new = {(r["image"], r["app"]): r for r in res["rows"]}
         rows = [new.pop((r["image"], r["app"]), r) for r in json.loads(old.read_text())["rows"]]
         res = {"rows": rows + list(new.values())}
+    res["overrides"] = a.set
     write_report(res, a.out)
 
 

@@ -3,6 +3,13 @@
 Usage::
 
     python pipelines/bench_big_input.py [--megapixels 100] [--out pipelines/results]
+    python pipelines/bench_big_input.py --latent tiny --megapixels 32   # latent ingest
+
+``--latent tiny|flux`` measures the latent path's ingest instead: the same job with
+``latent.enabled`` (the full-size AutoencoderTiny or FLUX VAE architecture, random weights,
+built as in ``bench_latent.py``), once with the input decoded whole in memory
+(``engine.reference: memory``) and once streamed from a memory-mapped file
+(``engine.reference: disk``); same latent bytes. Writes ``bench_big_input_latent.json`` / ``.md``.
 
 Makes a synthetic JPEG of about ``--megapixels`` (the astronaut photograph tiled and mirrored,
 so it has real texture at every scale; written by libvips without holding it whole), then
@@ -44,15 +51,73 @@ def make_input(path: Path, megapixels: float) -> tuple[int, int]:
     return side, side
 
 
+def latent_ingest(args, src: Path, h: int, w: int, tmp: Path) -> None:
+    from bench_latent import model_dir
+
+    vae = model_dir(args.latent, tmp / "models")
+    rows = {}
+    for ref in ("memory", "disk"):
+        run_dir = tmp / f"run-{ref}"
+        cmd = [sys.executable, "-m", "gigasid", "run", str(HERE.parent / "configs" /
+               "retarget.yaml"), f"input={src}", "num_samples=1", "output_size=[1024,1024]",
+               "num_steps=5", "engine.store=zarr", f"engine.reference={ref}",
+               "latent.enabled=true", f"latent.vae={vae}", "patch_size=7", "fold_rho=.inf",
+               "pyramid.min_short_side=14", "output.formats=[png]", "--out", str(run_dir),
+               "--quiet"]
+        m = run_measured(cmd, interval=0.5)
+        log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+        enc = [e for e in log if e.get("event") == "encoded"]
+        rows[ref] = {**m, "encode_s": enc[0]["seconds"] if enc else None,
+                     "latent": enc[0]["shape"] if enc else None,
+                     "latent_sha": _latent_sha(run_dir)}
+        print(ref, json.dumps(rows[ref]), flush=True)
+    res = {"machine": machine(), "input": [h, w], "input_megapixels": h * w / 2**20,
+           "vae": args.latent, "runs": rows,
+           "same_latent": rows["memory"]["latent_sha"] == rows["disk"]["latent_sha"]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_big_input_latent.json").write_text(json.dumps(res, indent=2))
+    mach = res["machine"]
+    lines = [f"# bench_big_input --latent {args.latent} ({mach['date']}, {mach['cpu']}, "
+             f"{mach['cores']} cores)", "",
+             f"Input {w}x{h} JPEG ({res['input_megapixels']:.0f} MP), latent retarget to "
+             f"1024x1024 px (5 steps), {args.latent} VAE architecture (random weights). "
+             f"Same latent from both runs: {res['same_latent']}.", "",
+             "| input pixels | wall s | encode s | peak RssAnon MB (all processes) |",
+             "|---|---|---|---|"]
+    for ref, r in rows.items():
+        how = "decoded whole (memory)" if ref == "memory" else "streamed from a mapped file (disk)"
+        lines.append(f"| {how} | {r['wall_s']:.0f} | {r['encode_s'] or 0:.0f} | "
+                     f"{r['peak_rss_anon_mb']:.0f} |")
+    (args.out / "bench_big_input_latent.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _latent_sha(run_dir: Path) -> str | None:
+    import hashlib
+
+    import torch
+
+    files = sorted((run_dir / "latent").glob("ref0-*.pt"))
+    if not files:
+        return None
+    z = torch.load(files[0], weights_only=True)
+    return hashlib.sha256(z.contiguous().numpy().tobytes()).hexdigest()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--megapixels", type=float, default=100)
     ap.add_argument("--reference", default="auto", choices=["auto", "memory", "disk"])
+    ap.add_argument("--latent", choices=["tiny", "flux"],
+                    help="measure the latent path's ingest (memory vs streamed) instead")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=HERE) as d:
         src = Path(d) / "big.jpg"
         h, w = make_input(src, args.megapixels)
+        if args.latent:
+            latent_ingest(args, src, h, w, Path(d))
+            return
         run_dir = Path(d) / "run"
         cmd = [sys.executable, "-m", "gigasid", "run", str(HERE.parent / "configs" /
                "retarget.yaml"), f"input={src}", "num_samples=1", "output_size=[1024,1024]",

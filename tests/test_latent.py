@@ -239,6 +239,36 @@ def test_tiny_autoencoder_job_runs_and_reports_codec_progress(tmp_path, photo_fi
     assert any(e.get("event") == "codec_tile" and e.get("what") == "decode" for e in events)
 
 
+def test_large_input_is_encoded_from_a_mapped_file(tmp_path, photo_file, vae_dirs,
+                                                  monkeypatch):
+    """engine.reference: disk (automatic above 64 MP): the input is decoded band by band to
+    a memory-mapped file that the encoder's tiles read window by window; the latent equals
+    the in-memory encode bit for bit and the file is gone once the latent is cached."""
+    from gigasid.codecs.vae import VaeCodec
+    from gigasid.engine.job import encode_image
+    from gigasid.io.images import file_fingerprint
+
+    path = photo_file((70, 102))
+    codec = _codec(vae_dirs["kl"], tile=6, halo=2, stats_pixels=64 * 64)
+    crop = codec.crop_box((70, 102))
+    fp = file_fingerprint(path)
+    level = tmp_path / "disk" / "latent" / "ref0-pixels" / "level0.f32"
+    seen = []
+    encode = VaeCodec.encode
+
+    def spy(self, pixels, reporter=None):
+        seen.append((level.is_file(), pixels.is_contiguous()))
+        return encode(self, pixels, reporter)
+
+    monkeypatch.setattr(VaeCodec, "encode", spy)
+    whole = encode_image(codec, path, crop, tmp_path / "mem", fp, name="ref0")
+    streamed = encode_image(codec, path, crop, tmp_path / "disk", fp, name="ref0", stream=True)
+    assert seen == [(False, True), (True, False)]  # a view of the mapped file, not a copy
+    assert torch.equal(whole, streamed)
+    assert not level.parent.exists()
+    assert list((tmp_path / "disk" / "latent").glob("ref0-*.pt"))
+
+
 def _refused(r, *words):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr

@@ -53,3 +53,13 @@ def test_auto_index_switches_to_ivfpq_where_ivf_would_not_fit():
         assert s.ann_index == want, (s.index, s.n_patches)
         assert s.index_bytes <= max(ivf_bytes, 3 * 2**20)
     assert {s.ann_index for s in ann} == {"ivf", "ivfpq"}
+
+
+def test_disk_estimate_counts_streamed_reference_files():
+    """A reference decoded into on-disk levels (engine.reference: disk) adds its float32
+    levels to the estimate the disk check compares with the free space."""
+    base = ["input=builtin:hubble", "app=retarget", "output_size=[300,300]", "engine.store=zarr"]
+    mem = make_plan(load_config(None, [*base, "engine.reference=memory"]), (400, 500))
+    disk = make_plan(load_config(None, [*base, "engine.reference=disk"]), (400, 500))
+    levels = sum(12 * h * w for h, w in disk.ref_pyramids[0])
+    assert disk.est_disk_bytes - mem.est_disk_bytes == levels

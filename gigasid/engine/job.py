@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from gigasid.core.image_denoiser import blend_low_shape
 from gigasid.core.pyramid import build_pyramid
 from gigasid.core.sampler import ScaleContext, ScaleProgram
 from gigasid.core.schedule import make_schedule
+from gigasid.engine import reference as refmod
 from gigasid.engine.plan import JobPlan, make_plan
 from gigasid.engine.progress import Reporter
 from gigasid.engine.view import DatasetSpec, JobView
@@ -165,19 +167,34 @@ def input_pixels(path: Path, crop, shape: tuple[int, int] | None = None) -> torc
 
 def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str,
                  reporter: Reporter | None = None, name: str = "ref",
-                 shape: tuple[int, int] | None = None) -> torch.Tensor:
+                 shape: tuple[int, int] | None = None, stream: bool = False) -> torch.Tensor:
     """An image file in the codec's space: ``(C, h, w)``, resized to ``shape`` when given
     (``input_resize_to``), then cropped to ``crop``.
 
     A latent encoding of a persistent run is cached in ``RUN/latent`` (keyed by the file's
-    and the codec's fingerprints), so a resumed run and every worker process reuse it.
+    and the codec's fingerprints), so a resumed run and every worker process reuse it. With
+    ``stream`` (a large input, see :func:`gigasid.engine.reference.streams`) the pixels are
+    first decoded band by band into a memory-mapped file, which the encoder's tiles read
+    window by window (the image is never whole in memory); the file is removed once the
+    latent is cached.
     """
+    from gigasid.io.images import image_shape
+
     cache = None
     if run_dir is not None and codec.factor > 1:
         cache = Path(run_dir) / "latent" / f"{name}-{fingerprint[:16]}-{codec.fingerprint()}.pt"
         if cache.is_file():
             return torch.load(cache, weights_only=True)
-    pixels = input_pixels(path, crop, shape) * 2.0 - 1.0
+    folder = None
+    full = image_shape(path)
+    if (stream and cache is not None and (shape is None or tuple(shape) == full)):
+        # input_resize_to on a large input still decodes it whole (as the pixel path does)
+        folder = Path(run_dir) / "latent" / f"{name}-pixels"
+        y0, y1, x0, x1 = crop
+        pixels = refmod.build_levels_on_disk(path, [full], folder, fingerprint)[0][
+            :, y0:y1, x0:x1]
+    else:
+        pixels = input_pixels(path, crop, shape) * 2.0 - 1.0
     if codec.factor == 1:
         return pixels
     t0 = time.perf_counter()
@@ -190,6 +207,9 @@ def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str
         tmp = cache.with_suffix(".tmp")
         torch.save(z, tmp)
         os.replace(tmp, cache)  # a killed write never leaves a truncated cache
+    if folder is not None:
+        del pixels
+        shutil.rmtree(folder, ignore_errors=True)  # the cached latent replaces it
     return z
 
 
@@ -197,7 +217,6 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
                      fingerprints: list[str], codec=None,
                      reporter: Reporter | None = None) -> list[list[torch.Tensor]]:
     from gigasid.core.resample import resize
-    from gigasid.engine import reference as refmod
     from gigasid.io.images import image_shape, load_image
 
     refs = []
@@ -206,7 +225,8 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
         h, w = shapes[0]
         if codec is not None and codec.factor > 1:
             z = encode_image(codec, path, plan.crops[i], run_dir, fingerprints[i], reporter,
-                             f"ref{i}", shape=plan.pixel_refs[i])
+                             f"ref{i}", shape=plan.pixel_refs[i],
+                             stream=refmod.streams(cfg.engine.reference, plan.pixel_refs[i]))
             refs.append(build_pyramid(z.to(device), shapes))
             continue
         if image_shape(path) != (h, w):
@@ -215,8 +235,7 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
             ref = resize(load_image(path) * 2.0 - 1.0, (h, w)).to(device)
             refs.append(build_pyramid(ref, shapes))
             continue
-        on_disk = cfg.engine.reference == "disk" or (
-            cfg.engine.reference == "auto" and h * w > refmod.STREAM_MIN_PIXELS)
+        on_disk = refmod.streams(cfg.engine.reference, (h, w))
         if on_disk and run_dir is None:
             raise ConfigError("engine.reference: disk (or an input above "
                               f"{refmod.STREAM_MIN_PIXELS // 2**20} MP) needs a run directory: "
@@ -318,7 +337,8 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
 
         crop = codec.crop_box(image_shape(path))
         return encode_image(codec, Path(path), crop, run_dir, file_fingerprint(path),
-                            reporter, "extra")
+                            reporter, "extra",
+                            stream=refmod.streams(cfg.engine.reference, image_shape(path)))
 
     def input_image(i: int) -> torch.Tensor:
         return input_pixels(paths[i], plan.crops[i], plan.pixel_refs[i])

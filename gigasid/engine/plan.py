@@ -338,3 +338,20 @@ def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
         index = sum(s.index_bytes * (copies if s.ann_index == "ivf" else 1)
                     for s in plan.scales if s.backend == "ann")
         plan.est_disk_bytes = int(plan.num_samples * (state + out) + index)
+    plan.est_disk_bytes += _reference_disk_bytes(plan, cfg)
+
+
+def _reference_disk_bytes(plan: JobPlan, cfg: JobConfig) -> int:
+    """Float32 files of streamed references: the pixel path keeps every level of one on
+    disk; the latent path decodes one input at a time to a file while it encodes it."""
+    from gigasid.engine.reference import streams
+
+    total = 0
+    for shapes, px in zip(plan.ref_pyramids, plan.pixel_refs, strict=True):
+        if not streams(cfg.engine.reference, tuple(px)):
+            continue
+        if plan.codec.get("factor", 1) > 1:
+            total = max(total, 3 * 4 * px[0] * px[1])
+        else:
+            total += sum(3 * 4 * h * w for h, w in shapes)
+    return total

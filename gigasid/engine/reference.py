@@ -28,6 +28,12 @@ STREAM_MIN_PIXELS = 64 * 2**20
 BAND_ROWS = 256
 
 
+def streams(mode: str, shape: tuple[int, int]) -> bool:
+    """Whether a reference of ``shape`` pixels is decoded into on-disk files
+    (``engine.reference``: ``disk`` always, ``auto`` above :data:`STREAM_MIN_PIXELS`)."""
+    return mode == "disk" or (mode == "auto" and shape[0] * shape[1] > STREAM_MIN_PIXELS)
+
+
 def _open(path: Path, shape: tuple[int, ...], mode: str) -> np.memmap:
     return np.memmap(path, dtype=np.float32, mode=mode, shape=shape)
 
