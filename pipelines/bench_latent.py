@@ -4,7 +4,9 @@ latent vs pixel jobs end to end.
 Usage::
 
     python pipelines/bench_latent.py codec [--size 1024]        # full-size FLUX VAE
+    python pipelines/bench_latent.py codec --size 2048 --tile 128 --cost-only   # 4 MP cost
     python pipelines/bench_latent.py e2e [--mp 4]                # gigasid run, latent vs pixel
+    python pipelines/bench_latent.py e2e --mp 16 --pipelines pixel latent_tiny
     python pipelines/bench_latent.py store                       # Zarr chunk codecs for latents
 
 ``codec`` builds the FLUX.1 VAE architecture (AutoencoderKL, 16 latent channels, 83.8 M
@@ -95,7 +97,7 @@ def timed(fn):
     return out, secs, mem.peak / 2**20
 
 
-def bench_codec(size: int, tile: int, halo: int, root: Path) -> dict:
+def bench_codec(size: int, tile: int, halo: int, root: Path, cost_only: bool = False) -> dict:
     from gigasid.codecs.fixed_stats import FixedStatistics
     from gigasid.codecs.tiles import tile_grid
     from gigasid.codecs.vae import VaeCodec, load_vae, resolve_vae
@@ -138,6 +140,9 @@ def bench_codec(size: int, tile: int, halo: int, root: Path) -> dict:
                                   "psnr_vs_whole_db": psnr(ys, y),
                                   "seam_ratio": seam_ratio(ys, tile * c.factor)}
         print(json.dumps(out), flush=True)
+    if cost_only:
+        return out
+
     def tiles(context) -> torch.Tensor:
         """Decode tile by tile; ``context()`` wraps every tile's call."""
         yt = torch.zeros_like(y)
@@ -168,7 +173,7 @@ def bench_codec(size: int, tile: int, halo: int, root: Path) -> dict:
     return out
 
 
-def bench_e2e(mp: int, root: Path) -> dict:
+def bench_e2e(mp: int, root: Path, only: list[str] | None = None) -> dict:
     side = int(round((mp * 2**20) ** 0.5 / 64) * 64)
     flux, tiny = model_dir("flux", root), model_dir("tiny", root)
     base = [sys.executable, "-m", "gigasid", "run", str(REPO / "configs" / "retarget.yaml"),
@@ -182,6 +187,8 @@ def bench_e2e(mp: int, root: Path) -> dict:
                 "latent_flux": ["latent.enabled=true", f"latent.vae={flux}", "patch_size=7",
                                 "fold_rho=.inf", "pyramid.min_short_side=14"]}
         for name, extra in runs.items():
+            if only and name not in only:
+                continue
             out = Path(tmp) / name
             r = run_measured([*base, *extra, "--out", str(out)])
             timings = json.loads((out / "timings.json").read_text())
@@ -289,6 +296,10 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--halo", type=int, default=8)
     ap.add_argument("--mp", type=int, default=4)
+    ap.add_argument("--pipelines", nargs="+", choices=["pixel", "latent_tiny", "latent_flux"],
+                    help="e2e: run only these (default: all three)")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="codec: only the whole and streamed calls (no tile-agreement variants)")
     ap.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "gigasid-bench-vae"))
     a = ap.parse_args()
     root = Path(a.models)
@@ -297,11 +308,11 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.is_file() else {}
     results["machine"] = machine()
     if a.part == "codec":
-        results[f"codec_{a.size}"] = bench_codec(a.size, a.tile, a.halo, root)
+        results[f"codec_{a.size}"] = bench_codec(a.size, a.tile, a.halo, root, a.cost_only)
     elif a.part == "store":
         results["store"] = bench_store()
     else:
-        results[f"e2e_{a.mp}mp"] = bench_e2e(a.mp, root)
+        results[f"e2e_{a.mp}mp"] = bench_e2e(a.mp, root, a.pipelines)
     path.write_text(json.dumps(results, indent=2))
     write_report(results)
     print((HERE / "results" / "bench_latent.md").read_text())
