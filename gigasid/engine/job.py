@@ -186,8 +186,8 @@ def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str
         if cache.is_file():
             return torch.load(cache, weights_only=True)
     folder = None
-    full = image_shape(path)
-    if (stream and cache is not None and (shape is None or tuple(shape) == full)):
+    full = image_shape(path) if stream and cache is not None else None
+    if full is not None and (shape is None or tuple(shape) == full):
         # input_resize_to on a large input still decodes it whole (as the pixel path does)
         folder = Path(run_dir) / "latent" / f"{name}-pixels"
         y0, y1, x0, x1 = crop
@@ -335,10 +335,10 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
         # encoded like the references
         from gigasid.io.images import image_shape
 
-        crop = codec.crop_box(image_shape(path))
-        return encode_image(codec, Path(path), crop, run_dir, file_fingerprint(path),
-                            reporter, "extra",
-                            stream=refmod.streams(cfg.engine.reference, image_shape(path)))
+        shape = image_shape(path)
+        return encode_image(codec, Path(path), codec.crop_box(shape), run_dir,
+                            file_fingerprint(path), reporter, "extra",
+                            stream=refmod.streams(cfg.engine.reference, shape))
 
     def input_image(i: int) -> torch.Tensor:
         return input_pixels(paths[i], plan.crops[i], plan.pixel_refs[i])
