@@ -35,20 +35,28 @@ sys.path.insert(0, str(HERE))
 from _measure import machine, run_measured  # noqa: E402
 
 
-def make_input(path: Path, megapixels: float) -> tuple[int, int]:
+def make_input(path: Path, megapixels: float, width: int | None = None) -> tuple[int, int]:
+    """Write the synthetic reference; ``width`` fixes its width (height from the pixel
+    count). Returns ``(height, width)``."""
     import pyvips
 
     from gigasid.io.images import builtin_image
 
     tile = pyvips.Image.new_from_file(str(builtin_image("astronaut")))
-    side = int(math.sqrt(megapixels * 2**20))
+    if width is None:
+        side = int(math.sqrt(megapixels * 2**20))
+        h, w = side, side
+    else:
+        w, h = width, max(1, int(megapixels * 2**20 / width))
     # Mirror-tile the photo (no seams), then crop to the requested size.
     pair = tile.join(tile.fliphor(), "horizontal")
     quad = pair.join(pair.flipver(), "vertical")
-    reps = math.ceil(side / quad.width)
-    big = quad.replicate(reps, reps).crop(0, 0, side, side)
-    big.jpegsave(str(path), Q=90)
-    return side, side
+    big = quad.replicate(math.ceil(w / quad.width), math.ceil(h / quad.height)).crop(0, 0, w, h)
+    if path.suffix == ".tif":
+        big.tiffsave(str(path), tile=True, compression="jpeg", Q=90, bigtiff=True)
+    else:
+        big.jpegsave(str(path), Q=90)
+    return h, w
 
 
 def latent_ingest(args, src: Path, h: int, w: int, tmp: Path) -> None:
@@ -107,20 +115,27 @@ def _latent_sha(run_dir: Path) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--megapixels", type=float, default=100)
+    ap.add_argument("--width", type=int, default=None,
+                    help="reference width in px (height from --megapixels); above JPEG's "
+                    "65 535 px limit the input is a tiled JPEG-compressed BigTIFF")
+    ap.add_argument("--output-size", type=int, nargs=2, default=[1024, 1024],
+                    metavar=("H", "W"))
     ap.add_argument("--reference", default="auto", choices=["auto", "memory", "disk"])
     ap.add_argument("--latent", choices=["tiny", "flux"],
                     help="measure the latent path's ingest (memory vs streamed) instead")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=HERE) as d:
-        src = Path(d) / "big.jpg"
-        h, w = make_input(src, args.megapixels)
+        wide = args.width is not None and args.width > 65535
+        src = Path(d) / ("big.tif" if wide else "big.jpg")
+        h, w = make_input(src, args.megapixels, args.width)
         if args.latent:
             latent_ingest(args, src, h, w, Path(d))
             return
         run_dir = Path(d) / "run"
         cmd = [sys.executable, "-m", "gigasid", "run", str(HERE.parent / "configs" /
-               "retarget.yaml"), f"input={src}", "num_samples=1", "output_size=[1024,1024]",
+               "retarget.yaml"), f"input={src}", "num_samples=1",
+               f"output_size=[{args.output_size[0]},{args.output_size[1]}]",
                "engine.store=zarr", f"engine.reference={args.reference}", "--out",
                str(run_dir), "--quiet"]
         m = run_measured(cmd, interval=0.5)
@@ -129,17 +144,19 @@ def main() -> None:
         disk = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
         ref_disk = sum(p.stat().st_size for p in (run_dir / "reference").rglob("*"))
     res = {"machine": machine(), "input": [h, w], "input_megapixels": h * w / 2**20,
-           "output": [1024, 1024], **m, "setup_s": timings["setup_seconds"],
+           "output": args.output_size, **m, "setup_s": timings["setup_seconds"],
            "disk_mb": disk / 2**20, "reference_levels_mb": ref_disk / 2**20,
            "scales": [{"ref_shape": s["ref_shape"], "backend": s["backend"],
                        "dataset_stride": s["dataset_stride"], "n_patches": s["n_patches"]}
                       for s in plan["scales"]]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_big_input.json").write_text(json.dumps(res, indent=2))
+    stem = "bench_big_input" if args.width is None else f"bench_big_input_w{w}"
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     mach = res["machine"]
     lines = [f"# bench_big_input ({mach['date']}, {mach['cpu']}, {mach['cores']} cores)", "",
-             f"Reference {w}x{h} JPEG ({res['input_megapixels']:.0f} MP) retargeted to "
-             "1024x1024 (`configs/retarget.yaml`, Zarr store, reference pyramid on disk).", "",
+             f"Reference {w}x{h} {src.suffix[1:].upper()} ({res['input_megapixels']:.0f} MP) "
+             f"retargeted to {args.output_size[1]}x{args.output_size[0]} "
+             "(`configs/retarget.yaml`, Zarr store, reference pyramid on disk).", "",
              "| wall s | CPU s | setup s | peak RssAnon MB (all processes) | run dir MB | "
              "reference levels MB |", "|---|---|---|---|---|---|",
              f"| {m['wall_s']:.0f} | {m['cpu_s']:.0f} | {res['setup_s']:.0f} | "
@@ -149,7 +166,7 @@ def main() -> None:
     for i, s in enumerate(res["scales"]):
         lines.append(f"| {i} | {s['ref_shape'][1]}x{s['ref_shape'][0]} | {s['backend']} | "
                      f"{s['dataset_stride']} | {s['n_patches']:,} |")
-    (args.out / "bench_big_input.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -275,6 +275,7 @@ class AnnDenoiser:
         self.index = _build_index(faiss, s, self.n, search_dim)
         if not self.index.is_trained:
             self.index.train(np.ascontiguousarray(self._project(sample).cpu().numpy()))
+        del sample  # tens of thousands of full patches: not held while the index grows
         # Add in blocks: projecting all N patches at once would hold a second (N, D) copy.
         for a in range(0, self.n, 32768):
             block = self.src.block(a, min(self.n, a + 32768))
@@ -416,10 +417,17 @@ class AnnDenoiser:
         process memory-maps it (page cache) instead of holding its own heap copy."""
         if kernels.mode() != "numba" or not isinstance(self.index, self._faiss.IndexIVFFlat):
             return
-        for name, arr in zip(self._LAYOUT_PARTS, kernels.ivf_layout(self.index), strict=True):
-            tmp = f"{path}.{name}.{os.getpid()}.tmp.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, f"{path}.{name}.npy")
+        # Written straight into memory-mapped files: the lists of a large reference never
+        # take a second copy's worth of heap next to the index.
+        tmp = {n: f"{path}.{n}.{os.getpid()}.tmp.npy" for n in self._LAYOUT_PARTS}
+
+        def alloc(name, shape, dtype):
+            return np.lib.format.open_memmap(tmp[name], mode="w+", dtype=dtype, shape=shape)
+
+        for arr in kernels.ivf_layout(self.index, alloc):
+            arr.flush()
+        for name in self._LAYOUT_PARTS:
+            os.replace(tmp[name], f"{path}.{name}.npy")
 
     def _ivf_layout(self):
         """The IVF-Flat lists as the compiled search reads them (built once), or None for

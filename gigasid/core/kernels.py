@@ -155,19 +155,28 @@ def fold(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, out: torch.Tens
                 index(cols, len(xs)), FOLD_BAND, out.numpy())
 
 
-def ivf_layout(index) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def ivf_layout(index, alloc=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(cent_t, starts, vecs, ids)`` of a FAISS ``IndexIVFFlat``, as :func:`ivf_search`
-    reads it: centroids and each list's vectors transposed, lists back to back."""
+    reads it: centroids and each list's vectors transposed, lists back to back.
+
+    ``alloc(name, shape, dtype)`` makes each part's array (e.g. a memory-mapped file);
+    default: ``np.empty``.
+    """
     import faiss
+
+    if alloc is None:
+        def alloc(name, shape, dtype):
+            return np.empty(shape, dtype=dtype)
 
     nlist, d = index.nlist, index.d
     cent = index.quantizer.reconstruct_n(0, nlist)
     inv = index.invlists
     sizes = np.array([inv.list_size(li) for li in range(nlist)], dtype=np.int64)
-    starts = np.zeros(nlist + 1, dtype=np.int64)
+    starts = alloc("starts", (nlist + 1,), np.int64)
+    starts[0] = 0
     np.cumsum(sizes, out=starts[1:])
-    vecs = np.empty(int(starts[-1]) * d, dtype=np.float32)
-    ids = np.empty(int(starts[-1]), dtype=np.int64)
+    vecs = alloc("vecs", (int(starts[-1]) * d,), np.float32)
+    ids = alloc("ids", (int(starts[-1]),), np.int64)
     for li in range(nlist):
         n = int(sizes[li])
         if n == 0:
@@ -176,7 +185,9 @@ def ivf_layout(index) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         block = np.frombuffer(codes, dtype=np.float32, count=n * d).reshape(n, d)
         vecs[starts[li] * d : starts[li + 1] * d] = block.T.reshape(-1)
         ids[starts[li] : starts[li + 1]] = faiss.rev_swig_ptr(inv.get_ids(li), n)
-    return np.ascontiguousarray(cent.T), starts, vecs, ids
+    cent_t = alloc("cent_t", (d, nlist), np.float32)
+    cent_t[:] = cent.T
+    return cent_t, starts, vecs, ids
 
 
 def ivf_search(layout, q: np.ndarray, nprobe: int, k: int) -> np.ndarray:
