@@ -53,6 +53,16 @@ def run_cli(*args, cwd=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_here(args, run_dir) -> None:
+    """``gigasid run`` of ``args`` (config path, then overrides) in this process: a run
+    whose only role is to be compared against pays no interpreter start-up."""
+    from gigasid.config import load_config
+    from gigasid.engine.progress import Reporter
+    from gigasid.engine.runner import run
+
+    run(load_config(args[0], [str(a) for a in args[1:]]), run_dir, Reporter())
+
+
 def kill_cli_when(args, ready, timeout: float = 120) -> bool:
     """Start ``gigasid *args``, SIGKILL it as soon as ``ready()`` holds; returns whether it
     was still running then (False: it finished first)."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, REPO, run_cli
+from conftest import DATA, REPO, run_cli, run_here
 
 pytest.importorskip("diffusers")
 
@@ -179,8 +179,7 @@ def test_latent_job_is_tile_invariant_and_resumes_to_identical_bytes(tmp_path, p
     ref = photo_file((96, 136))
     base = _latent_args(ref, vae_dirs["kl"], "output_size=[96,128]", "engine.store=zarr")
     whole = tmp_path / "t0"
-    r = run_cli("run", *base, "engine.tile_size=0", "--out", whole, "--quiet")
-    assert r.returncode == 0, r.stderr
+    run_here([*base, "engine.tile_size=0"], whole)
     args = [*base, "engine.tile_size=16"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "gigasid", "run", *map(str, args), "--out",
@@ -210,10 +209,8 @@ def test_symmetric_latent_output_is_exactly_symmetric(tmp_path, photo_file, vae_
 
     ref = photo_file((96, 128))
     out = tmp_path / "sym"
-    r = run_cli("run", *_latent_args(ref, vae_dirs["kl"], "app=symmetric",
-                                     "symmetry.axis=both", "output_size=[88,120]"),
-                "--out", out, "--quiet")
-    assert r.returncode == 0, r.stderr
+    run_here(_latent_args(ref, vae_dirs["kl"], "app=symmetric", "symmetry.axis=both",
+                          "output_size=[88,120]"), out)
     img = np.asarray(Image.open(out / "sample_000.png"))
     assert img.shape == (88, 120, 3)
     assert np.array_equal(img, img[:, ::-1]) and np.array_equal(img, img[::-1])
@@ -305,9 +302,7 @@ def test_corrupt_weights_are_refused_and_leave_an_existing_run_alone(tmp_path, p
     for w in bad.glob("*.safetensors"):
         w.write_bytes(b"not a safetensors file")
     out = tmp_path / "run"
-    r = run_cli("run", *_latent_args(ref, vae_dirs["tiny"], "num_steps=2"), "--out", out,
-                "--quiet")
-    assert r.returncode == 0, r.stderr
+    run_here(_latent_args(ref, vae_dirs["tiny"], "num_steps=2"), out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     r = run_cli("run", *_latent_args(ref, bad, "num_steps=2"), "--out", out)
     _refused(r, "corrupt")

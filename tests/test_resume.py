@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import REPO, kill_cli_when, run_cli, save_photo
+from conftest import REPO, kill_cli_when, run_cli, run_here, save_photo
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +36,8 @@ def _markers(run_dir):
 def clean_run(job_args, tmp_path_factory):
     """The uninterrupted sync run of ``job_args`` (shared: every test compares with it)."""
     run_dir = tmp_path_factory.mktemp("resume") / "clean"
-    _run_here(job_args, run_dir)
+    run_here(job_args, run_dir)
     return run_dir
-
-
-def _run_here(args, run_dir):
-    """``gigasid run`` of ``args`` in this process (a reference run: no start-up cost)."""
-    from gigasid.config import load_config
-    from gigasid.engine.progress import Reporter
-    from gigasid.engine.runner import run
-
-    run(load_config(args[0], [str(a) for a in args[1:]]), run_dir, Reporter())
 
 
 def test_kill_and_resume_gives_identical_bytes(tmp_path, job_args, clean_run):
@@ -109,9 +100,7 @@ def test_damaged_state_chunk_is_recomputed(tmp_path, job_args, clean_run):
 
 def test_threads_and_workers_give_same_output(tmp_path, job_args, clean_run):
     a, b = clean_run, tmp_path / "b"
-    r = run_cli("run", *job_args, "engine.scheduler=threads", "engine.workers=2", "--out", b,
-                "--quiet")
-    assert r.returncode == 0, r.stderr
+    run_here([*job_args, "engine.scheduler=threads", "engine.workers=2"], b)
     assert np.array_equal(_result(a)[0], _result(b)[0])
 
 
@@ -123,7 +112,7 @@ def test_status_of_non_run_dir(tmp_path):
 def test_process_workers_give_same_output(tmp_path, job_args):
     a, b = tmp_path / "a", tmp_path / "b"
     args = [*job_args, "denoiser.backend=ann", "denoiser.pca_dim=16"]
-    _run_here(args, a)
+    run_here(args, a)
     r = run_cli("run", *args, "engine.scheduler=processes", "engine.workers=2", "--out", b,
                 "--quiet")
     assert r.returncode == 0, r.stderr
@@ -204,7 +193,7 @@ def test_every_app_resumes_after_kill_with_identical_bytes(tmp_path, app_files, 
             "num_steps=4", "eta=0.5", "pyramid.min_short_side=14", "engine.store=zarr",
             "engine.tile_size=24", *[a.format(d=d, ref=ref) for a in APP_ARGS[app]]]
     whole = tmp_path / "whole"
-    _run_here(args, whole)
+    run_here(args, whole)
     total = _markers(whole)
     killed = tmp_path / "killed"
     assert kill_cli_when(["run", *args, "--out", killed, "--quiet"],

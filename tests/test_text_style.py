@@ -229,25 +229,35 @@ def _result(run_dir):
     return (run_dir / "sample_000.png").read_bytes()
 
 
+_RESUME = ("engine.store=zarr", "engine.tile_size=16")
+
+
+@pytest.fixture(scope="module")
+def whole_run(content, tiny_clip, tmp_path_factory):
+    """The uninterrupted run that every resume test below must reproduce byte for byte."""
+    whole = tmp_path_factory.mktemp("whole") / "run"
+    run(_cfg(content, tiny_clip, *_RESUME), whole, Reporter())
+    return whole
+
+
 @pytest.mark.parametrize("kind,at", [("step_done", 13), ("guidance", 5)])
-def test_interrupted_run_resumes_with_identical_bytes(content, tiny_clip, tmp_path, kind, at):
+def test_interrupted_run_resumes_with_identical_bytes(content, tiny_clip, tmp_path, kind, at,
+                                                      whole_run):
     """Stopped after a step was marked done (step_done) or between the momentum state's write
     and the step's (guidance): the resumed run continues with the same bytes."""
-    cfg = _cfg(content, tiny_clip, "engine.store=zarr", "engine.tile_size=16")
-    whole = tmp_path / "whole"
-    run(cfg, whole, Reporter())
+    cfg = _cfg(content, tiny_clip, *_RESUME)
     stopped = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         run(cfg, stopped, Events(kind, at))
     kept = sorted(p.name for p in (stopped / "app_state").iterdir())
     assert 1 <= len(kept) <= 2 and all(n.endswith(".npy") for n in kept), kept
     run(cfg, stopped, Reporter())
-    assert _result(stopped) == _result(whole)
-    assert len(list((whole / "app_state").iterdir())) <= 2  # only the last two steps kept
+    assert _result(stopped) == _result(whole_run)
+    assert len(list((whole_run / "app_state").iterdir())) <= 2  # only the last two steps kept
 
 
-def test_cli_kill_and_resume(content, tiny_clip, tmp_path):
-    args = ["run", PRESET, *_args(content, tiny_clip, "engine.store=zarr"), "--quiet"]
+def test_cli_kill_and_resume(content, tiny_clip, tmp_path, whole_run):
+    args = ["run", PRESET, *_args(content, tiny_clip, *_RESUME), "--quiet"]
     killed = tmp_path / "killed"
     state = killed / "app_state"
     # Kill in the guided part (t = 10 .. 2), once the momentum state of t = 8 was written.
@@ -256,9 +266,7 @@ def test_cli_kill_and_resume(content, tiny_clip, tmp_path):
         "the job finished before it could be killed"
     r = run_cli(*args, "--out", killed)
     assert r.returncode == 0, r.stderr
-    whole = tmp_path / "whole"
-    run(load_config(PRESET, args[2:-1]), whole, Reporter())
-    assert _result(killed) == _result(whole)
+    assert _result(killed) == _result(whole_run)
     log = (killed / "log.jsonl").read_text()
     assert '"event": "guidance"' in log and '"clip_loss"' in log
 
