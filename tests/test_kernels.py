@@ -141,6 +141,22 @@ def test_fold_drops_what_falls_outside_the_canvas(use):
         assert torch.equal(ref, got), kind
 
 
+def test_saved_ivf_layout_is_the_in_memory_layout(photo, use, tmp_path):
+    """The layout written straight into memory-mapped files next to a saved index (what
+    every process of a run reads) holds exactly the in-memory layout's arrays."""
+    import numpy as np
+
+    use("numba")
+    grid = P.PatchGrid(photo[:, :48, :48], 7, 1)
+    den = AnnDenoiser(grid, AnnSettings(k=5, index="ivf", pca_dim=16),
+                      index_path=str(tmp_path / "scale0.faiss"))
+    saved = den._ivf_layout()
+    assert all(isinstance(a, np.memmap) or isinstance(a.base, np.memmap) for a in saved)
+    for a, b in zip(saved, kernels.ivf_layout(den.index), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert not list(tmp_path.glob("*.tmp.npy"))
+
+
 def test_compiled_ivf_search_is_exact_within_the_probed_lists(photo, use):
     """The k nearest vectors (float64 brute force) among those of the nprobe nearest lists,
     nearest first, the same rows whatever the batch, and FAISS's candidates."""

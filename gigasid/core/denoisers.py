@@ -415,7 +415,8 @@ class AnnDenoiser:
     def _save_ivf_layout(self, path: str) -> None:
         """Write the compiled search's copy of the IVF-Flat lists next to the index, so every
         process memory-maps it (page cache) instead of holding its own heap copy."""
-        if kernels.mode() != "numba" or not isinstance(self.index, self._faiss.IndexIVFFlat):
+        if (kernels.mode() != "numba" or not isinstance(self.index, self._faiss.IndexIVFFlat)
+                or self.index.ntotal == 0):  # (an empty file cannot be memory-mapped)
             return
         # Written straight into memory-mapped files: the lists of a large reference never
         # take a second copy's worth of heap next to the index.
