@@ -24,7 +24,7 @@ import torch
 
 from gigasid.core import kernels
 from gigasid.core.denoisers import AnnDenoiser, AnnSettings, ExactDenoiser
-from gigasid.core.patches import PatchGrid, extract
+from gigasid.core.patches import PatchGrid
 from gigasid.io.images import builtin_image, load_image
 
 HERE = Path(__file__).resolve().parent
@@ -41,11 +41,12 @@ def _square(name: str, size: int) -> torch.Tensor:
 
 
 def _queries(img: torch.Tensor, patch: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` seeded random windows of ``img`` as flat patches."""
     rng = np.random.default_rng(seed)
-    ys = torch.from_numpy(np.sort(rng.choice(img.shape[1] - patch + 1, n)))
-    xs = torch.from_numpy(rng.choice(img.shape[2] - patch + 1, n))
-    return torch.stack([extract(img, ys[i : i + 1], xs[i : i + 1], patch).reshape(-1)
-                        for i in range(n)])
+    ys = np.sort(rng.choice(img.shape[1] - patch + 1, n))
+    xs = rng.choice(img.shape[2] - patch + 1, n)
+    grid = PatchGrid(img, patch)  # stride 1: window (y, x) is patch y * nx + x
+    return grid.gather(torch.from_numpy(ys * (img.shape[2] - patch + 1) + xs))
 
 
 def main() -> None:

@@ -164,10 +164,7 @@ def ivf_layout(index, alloc=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     """
     import faiss
 
-    if alloc is None:
-        def alloc(name, shape, dtype):
-            return np.empty(shape, dtype=dtype)
-
+    alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype=dtype))
     nlist, d = index.nlist, index.d
     cent = index.quantizer.reconstruct_n(0, nlist)
     inv = index.invlists
