@@ -30,8 +30,13 @@ def tree_rss_anon(proc) -> int:
     return total
 
 
-def run_measured(cmd: list[str], interval: float = 0.2) -> dict:
-    """Run a command; wall seconds, CPU seconds of the whole tree, peak tree RssAnon."""
+def run_measured(cmd: list[str], interval: float = 0.2,
+                 kill_after: float | None = None) -> dict:
+    """Run a command; wall seconds, CPU seconds of the whole tree, peak tree RssAnon.
+
+    With ``kill_after``, the whole process tree is sent SIGKILL once that many seconds have
+    passed (a crash the run must survive); the result then says ``"killed": True``.
+    """
     import resource
 
     import psutil
@@ -40,15 +45,25 @@ def run_measured(cmd: list[str], interval: float = 0.2) -> dict:
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd)
     peak = 0
+    killed = False
     while proc.poll() is None:
         peak = max(peak, tree_rss_anon(proc))
+        if kill_after is not None and time.perf_counter() - t0 > kill_after:
+            for p in [*proc.children(recursive=True), proc]:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            proc.wait()
+            killed = True
+            break
         time.sleep(interval)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not killed:
         raise RuntimeError(f"{cmd} failed with exit code {proc.returncode}")
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_anon_mb": peak / 2**20}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_anon_mb": peak / 2**20, "killed": killed}
 
 
 class PeakRssAnon:
