@@ -90,20 +90,28 @@ def test_exact_denoiser_rescoring_kernel(photo, use):
     assert torch.equal(torch.cat([den(x[:77], 0.9, 0.02), den(x[77:], 0.9, 0.02)]), b)
 
 
-@pytest.mark.parametrize("stride,shape", [(1, (23, 31)), (3, (40, 29)), (4, (130, 300))])
-def test_compiled_fold_is_bit_identical(use, stride, shape):
+@pytest.mark.parametrize("stride,shape,p", [(1, (23, 31), 7), (3, (40, 29), 7),
+                                            (4, (130, 300), 7), (2, (61, 170), 15),
+                                            (1, (40, 44), 13)])
+def test_compiled_fold_is_bit_identical(use, stride, shape, p):
     """Irregular grids (stride + border window), accumulated into a canvas that already
-    holds values: the compiled fold gives the torch fold's bits."""
-    p, c = 7, 3
+    holds values: the compiled fold gives the torch fold's bits (patch widths that take
+    each of the kernel's 8-, 4- and 1-wide paths); with a weight, the bits of folding
+    ``est * weight``."""
+    c = 3
     ys, xs = P.patch_starts(shape[0], p, stride), P.patch_starts(shape[1], p, stride)
     g = torch.Generator().manual_seed(stride)
     est = torch.randn(len(ys) * len(xs), c * p * p, generator=g)
     start = torch.randn(c, *shape, generator=g)
+    weight = P.fold_weights(p, 0.2, c)
     use("torch")
     ref = P.fold(est, ys, xs, p, c, out=start.clone())
+    ref_w = P.fold(est * weight, ys, xs, p, c, out=start.clone())
+    assert torch.equal(P.fold(est, ys, xs, p, c, out=start.clone(), weight=weight), ref_w)
     use("numba")
     got = P.fold(est, ys, xs, p, c, out=start.clone())
     assert torch.equal(ref, got)
+    assert torch.equal(P.fold(est, ys, xs, p, c, out=start.clone(), weight=weight), ref_w)
 
 
 def test_fold_with_index_maps_equals_the_expanded_grid(use):
@@ -188,3 +196,4 @@ def test_compiled_ivf_search_is_exact_within_the_probed_lists(photo, use):
     same = np.mean([len(set(a) & set(b)) / 5
                     for a, b in zip(ref.tolist(), got.tolist(), strict=True)])
     assert same > 0.99
+

@@ -20,21 +20,26 @@ needs_glibc = pytest.mark.skipif(reuses_heap() is None, reason="needs glibc >= 2
 PROBE = """
 import sys
 from gigasid.engine.allocator import reuses_heap, tune_malloc
-print(tune_malloc() if sys.argv[1] == "tune" else "-", reuses_heap())
+print(tune_malloc() if sys.argv[1] == "tune" else "-", reuses_heap(int(sys.argv[2])))
 """
 
 
-def _probe(tune: bool, **env) -> list[str]:
+def _probe(tune: bool, nbytes: int = 4 * 2**20, **env) -> list[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **env}
-    r = subprocess.run([sys.executable, "-c", PROBE, "tune" if tune else "plain"], env=env,
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", PROBE, "tune" if tune else "plain", str(nbytes)],
+                       env=env, capture_output=True, text=True, check=True)
     return r.stdout.split()
 
 
 @needs_glibc
-def test_clean_environment_is_left_alone():
+def test_chunk_sized_buffers_come_from_the_heap():
+    """A 48 MiB buffer (a chunk's queries are 44 MB) is above glibc's largest dynamic
+    threshold, so it is a fresh mmap every time, until tune_malloc raises the threshold;
+    small buffers are reused either way."""
     assert _probe(False) == ["-", "True"]
-    assert _probe(True) == ["False", "True"]  # nothing to undo
+    assert _probe(False, 48 * 2**20) == ["-", "False"]
+    assert _probe(True, 48 * 2**20) == ["True", "True"]
+    assert _probe(True, 48 * 2**20, GIGASID_KEEP_MALLOC="1") == ["False", "False"]
 
 
 @needs_glibc

@@ -110,26 +110,35 @@ def sq_dists(x, y, top, alpha, out):  # pragma: no cover
 
 
 @numba.njit(**_OPTS)
-def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
-    """Overlap-add ``grid`` ``(ny, nx, C, P, P)`` at window starts ``ys x xs`` into ``out``;
-    window ``(i, j)`` is grid entry ``(rows[i], cols[j])``. Windows may reach past the
-    canvas: what falls outside is dropped (never computed).
+def fold(grid, ys, xs, rows, cols, weight, band, out):  # pragma: no cover
+    """Overlap-add ``grid * weight`` (``(ny, nx, C, P, P)`` times ``(C, P, P)``) at window
+    starts ``ys x xs`` into ``out``; window ``(i, j)`` is grid entry ``(rows[i], cols[j])``.
+    Windows may reach past the canvas: what falls outside is dropped (never computed).
 
-    A pixel's contributions are added in the order of the torch fold: first along x by
-    increasing patch column (decreasing window start) into a zeroed row strip, then the
-    strips along y by increasing patch row (decreasing window start) into ``out``. The
-    canvas is split into (channel, ``band``-column) pieces that threads share out; a piece
-    holds every contribution to its pixels, so the order does not depend on the split.
+    A pixel's contributions (each product rounded first, as a separate multiplication
+    would) are added in the order of the torch fold: first along x by increasing patch
+    column (decreasing window start) into a zeroed row strip, then the strips along y by
+    increasing patch row (decreasing window start) into ``out``. The canvas is split into
+    (channel, ``band``-column) pieces that threads share out; a piece holds every
+    contribution to its pixels, so the order does not depend on the split.
+
+    Flat arrays and unsigned offsets: no per-row array views and no negative-index tests in
+    the inner loops (1.6x faster than indexing the 5-D grid).
     """
-    c, p = grid.shape[2], grid.shape[3]
+    nx_g, c, p = grid.shape[1], grid.shape[2], grid.shape[3]
     ny, nx = ys.shape[0], xs.shape[0]
     height, width = out.shape[1], out.shape[2]
+    gflat = grid.reshape(-1)
+    wflat = weight.reshape(-1)
+    oflat = out.reshape(-1)
+    pp = p * p
     nb = (width + band - 1) // band
     for task in numba.prange(c * nb):
         ch = task // nb
         b0 = (task % nb) * band
         b1 = min(width, b0 + band)
-        strip = np.empty((p, b1 - b0), dtype=np.float32)
+        bw = b1 - b0
+        strip = np.empty(p * bw, dtype=np.float32)  # (P, bw) rows, flat
         for i in range(ny - 1, -1, -1):
             gi = rows[i]
             y0 = ys[i]
@@ -142,14 +151,20 @@ def fold(grid, ys, xs, rows, cols, band, out):  # pragma: no cover
                 x0 = xs[j]
                 if x0 + p <= b0 or x0 >= b1:
                     continue
-                lo = max(0, b0 - x0)
-                hi = min(p, b1 - x0)
+                lo = np.uint64(max(0, b0 - x0))
+                hi = np.uint64(min(p, b1 - x0))
+                base = ((gi * nx_g + cols[j]) * c + ch) * pp
                 for py in range(ylo, yhi):
+                    src = np.uint64(base + py * p)
+                    dst = np.uint64(py * bw + x0 - b0)
+                    wt = np.uint64(ch * pp + py * p)
                     for px in range(lo, hi):
-                        strip[py, x0 + px - b0] += grid[gi, cols[j], ch, py, px]
+                        strip[dst + px] += gflat[src + px] * wflat[wt + px]
             for py in range(ylo, yhi):
-                for xx in range(b1 - b0):
-                    out[ch, y0 + py, b0 + xx] += strip[py, xx]
+                dst = np.uint64((ch * height + y0 + py) * width + b0)
+                src = np.uint64(py * bw)
+                for xx in range(np.uint64(bw)):
+                    oflat[dst + xx] += strip[src + xx]
 
 
 @numba.njit(**_OPTS)

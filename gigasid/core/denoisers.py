@@ -388,27 +388,30 @@ class AnnDenoiser:
         if alpha == 0.0:
             return self.mean.to(x.dtype).expand(x.shape[0], -1).clone()
         out = torch.empty(x.shape[0], self.dim, dtype=torch.float32, device=x.device)
-        inv = 1.0 / (2.0 * sigma * sigma)
-        fused = kernels.enabled(x)
         for s in range(0, x.shape[0], self.chunk):
             xs = x[s : s + self.chunk].to(torch.float32)
-            idx_all = self.search(xs, alpha)
-            if fused:
-                kernels.reweight(self._layout(), xs, idx_all, alpha, sigma,
-                                 out[s : s + xs.shape[0]])
-                continue
-            # Re-weight in small blocks: the (m, k, D) temporaries stay in cache, which is
-            # several times faster on CPU than one large block (measured).
-            for b in range(0, xs.shape[0], 256):
-                xc, idx = xs[b : b + 256], idx_all[b : b + 256]
-                cand = self.src.gather(idx)  # (m, k, D) raw patches
-                # Exact distances, computed directly (no expansion, no cancellation), with
-                # fused ops: x - alpha c in one pass, then a batched dot product.
-                diff = torch.sub(xc[:, None, :], cand, alpha=alpha)
-                w = torch.softmax(torch.linalg.vecdot(diff, diff).mul_(-inv), dim=1)
-                dst = out[s + b : s + b + xc.shape[0]]
-                torch.bmm(w[:, None, :], cand, out=dst.view(-1, 1, dst.shape[1]))
+            self.reweight(xs, self.search(xs, alpha), alpha, sigma, out[s : s + xs.shape[0]])
         return out.to(x.dtype)
+
+    def reweight(self, x: torch.Tensor, idx: torch.Tensor, alpha: float, sigma: float,
+                 out: torch.Tensor) -> torch.Tensor:
+        """Exact softmax re-weighting of the candidates ``idx`` ``(m, k)`` of float32 queries
+        ``x`` ``(m, D)`` into ``out``: the compiled kernel where it applies, else torch."""
+        if kernels.enabled(x):
+            return kernels.reweight(self._layout(), x, idx, alpha, sigma, out)
+        inv = 1.0 / (2.0 * sigma * sigma)
+        # Re-weight in small blocks: the (m, k, D) temporaries stay in cache, which is
+        # several times faster on CPU than one large block (measured).
+        for b in range(0, x.shape[0], 256):
+            xc, ib = x[b : b + 256], idx[b : b + 256]
+            cand = self.src.gather(ib)  # (m, k, D) raw patches
+            # Exact distances, computed directly (no expansion, no cancellation), with
+            # fused ops: x - alpha c in one pass, then a batched dot product.
+            diff = torch.sub(xc[:, None, :], cand, alpha=alpha)
+            w = torch.softmax(torch.linalg.vecdot(diff, diff).mul_(-inv), dim=1)
+            dst = out[b : b + xc.shape[0]]
+            torch.bmm(w[:, None, :], cand, out=dst.view(-1, 1, dst.shape[1]))
+        return out
 
     _LAYOUT_PARTS = ("cent_t", "starts", "vecs", "ids")
 

@@ -144,11 +144,12 @@ def denoise_region(
         if key not in done:
             q = P.extract(x, yc[y_first] - oy, xs_local, patch)
             est = denoiser(q, alpha, sigma).to(torch.float32)
-            est.mul_(wflat.to(est.device))
             done[key] = est.view(len(y_first), len(x_first), -1)
         est = done[key] if domain.y.kind == "torus" else done.pop(key)
-        # windows seen twice (across the wrap) are folded twice straight from `est`
-        P.fold(est, yc - cy0, xs - cx0, patch, c, out=num, rows=y_copy, cols=x_copy)
+        # windows seen twice (across the wrap) are folded twice straight from `est`; the
+        # fold applies the window weights as it adds (the bits of est * wflat)
+        P.fold(est, yc - cy0, xs - cx0, patch, c, out=num, rows=y_copy, cols=x_copy,
+               weight=wflat.to(est.device))
     # The normaliser is separable because the window and the grid are.
     cy = _coverage_1d(ys, g, y0, y1)
     cx = _coverage_1d(xs, g, x0, x1)

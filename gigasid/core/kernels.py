@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for the two hot loops of a denoising step.
+"""Compiled CPU kernels (numba) for the hot loops of a denoising step.
 
 The plain-torch code in :mod:`gigasid.core.denoisers` and :mod:`gigasid.core.patches` is the
 reference; these kernels compute the same things in one pass over memory:
@@ -15,7 +15,8 @@ reference; these kernels compute the same things in one pass over memory:
   differences, without the ``(m, k, D)`` gather and difference tensors.
 * :func:`fold` - the separable overlap-add, adding each pixel's contributions in exactly the
   order of :func:`gigasid.core.patches.fold` (bit for bit the same result), one patch row at
-  a time, so the partial row sums stay in cache.
+  a time, so the partial row sums stay in cache, and applying the fold window's weights as
+  it adds (the weighted patches are never written out).
 
 All are per-query / per-row loops in a fixed order: their result never depends on how many
 queries or rows a call holds, which keeps tiling invariance exact.
@@ -138,21 +139,26 @@ FOLD_BAND = 128
 
 
 def fold(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, out: torch.Tensor,
-         rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
+         rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
+         weight: torch.Tensor | None = None) -> None:
     """Bit-exact compiled :func:`gigasid.core.patches.fold` of ``grid`` ``(ny, nx, C, P, P)``
-    into ``out`` ``(C, H, W)`` (float32, CPU, contiguous), in place; ``rows`` / ``cols``
-    map window ``(i, j)`` to grid entry ``(rows[i], cols[j])`` (identity when None)."""
+    (times ``weight``, ``(C * P * P,)``, when given) into ``out`` ``(C, H, W)`` (float32,
+    CPU, contiguous), in place; ``rows`` / ``cols`` map window ``(i, j)`` to grid entry
+    ``(rows[i], cols[j])`` (identity when None)."""
     nk = _compiled()
+    c, p = grid.shape[2], grid.shape[3]
 
     def index(m, n):
         m = torch.arange(n) if m is None else m
         return m.to(torch.int64).contiguous().numpy()
 
+    w = torch.ones(c * p * p) if weight is None else weight
+    w = w.to(torch.float32).reshape(c, p, p).contiguous().numpy()
     with _LOCK:
         _threads(nk.numba)
         nk.fold(grid.contiguous().numpy(), ys.to(torch.int64).contiguous().numpy(),
                 xs.to(torch.int64).contiguous().numpy(), index(rows, len(ys)),
-                index(cols, len(xs)), FOLD_BAND, out.numpy())
+                index(cols, len(xs)), w, FOLD_BAND, out.numpy())
 
 
 def ivf_layout(index, alloc=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -127,6 +127,7 @@ def fold(
     out: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
     cols: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Overlap-add flat patches at window offsets ``ys x xs`` into a ``(C, H, W)`` canvas.
 
@@ -140,6 +141,10 @@ def fold(
     and column ``cols[j]`` at ``xs[j]``: ``patches`` is then ``(n_rows, n_cols, D)`` and a
     window that appears twice (across a torus's wrap) is folded twice without being copied.
     The result equals folding the grid expanded by ``index_select``, bit for bit.
+
+    ``weight`` (``(C * P * P,)``, optional) multiplies every patch before it is added, with
+    the bits of ``patches * weight`` (the compiled kernel does it on the fly, without
+    writing the weighted patches out).
     """
     if out is None:
         if out_shape is None:
@@ -149,8 +154,11 @@ def fold(
     nx = len(xs) if cols is None else patches.shape[1]
     grid = patches.reshape(ny, nx, channels, patch, patch)
     if kernels.enabled(out) and out.dtype == torch.float32 and out.is_contiguous():
-        kernels.fold(grid.to(torch.float32), ys, xs, out, rows, cols)
+        kernels.fold(grid.to(torch.float32), ys, xs, out, rows, cols, weight)
         return out
+    if weight is not None:
+        patches = patches * weight.to(patches.dtype)
+        grid = patches.reshape(ny, nx, channels, patch, patch)
     height, width = out.shape[1], out.shape[2]
     if len(ys) and len(xs):
         top, left = max(0, -int(ys.min())), max(0, -int(xs.min()))
