@@ -10,7 +10,8 @@ denoiser's chunk) from the bundled astronaut photograph, their ``k = 5`` candida
 256x256 reference's patches, and the fold of the result. Each kernel runs with
 ``GIGASID_KERNELS=numba`` and ``torch`` in the same process, alternated; medians of
 ``--repeats``. To compare with an older checkout, run this script with ``PYTHONPATH`` set to
-it (kernels it lacks are reported as missing) and another ``--label``. Writes
+it (what it lacks is left out) and another ``--label``. The process first applies that
+checkout's ``tune_malloc``, as ``gigasid run`` does. Writes
 ``bench_kernels_<label>.json`` / ``.md``.
 """
 
@@ -69,6 +70,9 @@ def main() -> None:
     import gigasid
     from gigasid.core import kernels, patches
     from gigasid.core.denoisers import AnnDenoiser, AnnSettings
+    from gigasid.engine.allocator import tune_malloc
+
+    tune_malloc()  # what every process that computes tiles does (the CLI, the workers)
 
     grid, canvas, ys, xs, g = _inputs()
     m = len(ys) * len(xs)
