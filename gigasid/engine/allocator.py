@@ -12,9 +12,9 @@ in the math (see the README's cluster section for the measurement).
 :func:`tune_malloc` sets a fixed threshold above the engine's largest per-chunk tensors
 instead: the queries and estimates of one chunk of 16 384 patches are 44 MB each (D = 675),
 over glibc's largest *dynamic* threshold (32 MiB), so even in a clean environment every
-chunk's tensors were fresh mmaps, zero-filled page by page (1 MP retarget: 7.5 s of system
-time, 2.0 s with this setting; 0.93x wall). Memory is still returned to the system above the
-trim threshold, in larger steps.
+chunk's tensors were fresh mmaps, zero-filled page by page (the README's kernels section
+has the measurement). Memory is still returned to the system above the trim threshold, in
+larger steps.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ M_MMAP_THRESHOLD = -3
 #: (``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB on 64-bit systems).
 MMAP_THRESHOLD = 128 * 2**20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
-_TUNABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-             "MALLOC_MMAP_MAX_")
 
 
 def _libc():

@@ -28,13 +28,13 @@ ZARR_MIN_PIXELS = 4 * 2**20
 DEFAULT_ZARR_TILE = 512
 
 #: Throughput model for estimates, calibrated with pipelines/bench_core.py on 2 CPU cores
-#: (GPU values are placeholders until measured on a GPU).
-CPU_GFLOPS = {"float32": 150.0, "bfloat16": 450.0}
+#: (GPU values are placeholders until measured on a GPU). bfloat16 on a CPU without bf16
+#: matrix instructions (AVX2 only) is emulated: the exact denoiser call was ~50x slower.
+CPU_GFLOPS = {"float32": 150.0, "bfloat16": 3.0}
 CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
 #: ANN step cost per query patch element (search + re-weighting + extraction + fold). CPU:
-#: from the finest scale of the 134-million-pixel retarget (2.96 s per output MP per step,
-#: 512-px tiles, before the fold and allocator changes that made the 1 MP job 0.94x) and the
-#: 1 MP retarget, 2 cores (see the README); CUDA: a placeholder until measured on a GPU.
+#: calibrated on the 1 MP and 134-million-pixel retargets on 2 cores (README, "Compiled
+#: kernels" and the 134 MP run); CUDA: a placeholder until measured on a GPU.
 ANN_SECONDS_PER_ELEMENT = {"cpu": 1.3e-8, "cuda": 2e-10}
 #: Extraction + fold cost per query patch element (exact backends).
 FOLD_SECONDS_PER_ELEMENT = {"cpu": 5e-9, "cuda": 5e-11}
