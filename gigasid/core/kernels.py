@@ -13,6 +13,8 @@ reference; these kernels compute the same things in one pass over memory:
   shortlist re-ranked pair by pair for that (see ``AnnDenoiser._coarse``).
 * :func:`sq_dists` - the exact denoiser's re-scoring of its best candidates from direct
   differences, without the ``(m, k, D)`` gather and difference tensors.
+* :func:`resample_axis` - one axis of the tap-based resampling (pyramid, blend), summing
+  each output's taps in the reference's order straight into the result.
 * :func:`fold` - the separable overlap-add, adding each pixel's contributions in exactly the
   order of :func:`gigasid.core.patches.fold` (bit for bit the same result), one patch row at
   a time, so the partial row sums stay in cache, and applying the fold window's weights as
@@ -159,6 +161,23 @@ def fold(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, out: torch.Tens
         nk.fold(grid.contiguous().numpy(), ys.to(torch.int64).contiguous().numpy(),
                 xs.to(torch.int64).contiguous().numpy(), index(rows, len(ys)),
                 index(cols, len(xs)), w, FOLD_BAND, out.numpy())
+
+
+def resample_axis(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Compiled :func:`gigasid.core.resample._resample_axis` of a ``(C, H, W)`` float32 CPU
+    tensor along ``dim`` (1 or 2): the same bits, one pass, no per-tap temporaries.
+    ``idx`` ``(n, K)`` are in-range local indices, ``w`` ``(n, K)`` float32 weights."""
+    nk = _compiled()
+    xs = x.contiguous()
+    shape = list(xs.shape)
+    shape[dim] = idx.shape[0]
+    out = torch.empty(shape, dtype=torch.float32)
+    fn = nk.resample_rows if dim == 1 else nk.resample_cols
+    with _LOCK:
+        _threads(nk.numba)
+        fn(xs.numpy(), idx.to(torch.int64).contiguous().numpy(),
+           w.to(torch.float32).contiguous().numpy(), out.numpy())
+    return out
 
 
 def ivf_layout(index, alloc=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from gigasid.core import kernels
+
 
 def keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     """Keys' cubic convolution kernel (support ``[-2, 2]``)."""
@@ -86,6 +88,9 @@ def _resample_axis(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor
     not depend on how large the surrounding window is (a dense GEMM over the window would
     group the additions by the window's size, i.e. by the tiling).
     """
+    if (dim in (1, 2) and x.dim() == 3 and x.dtype == torch.float32 and w.dtype == torch.float32
+            and kernels.enabled(x)):
+        return kernels.resample_axis(x, dim, idx, w)
     out = None
     for k in range(idx.shape[1]):
         term = x.index_select(dim, idx[:, k])
