@@ -8,7 +8,9 @@ from gigasid.core.denoisers import AnnDenoiser, AnnSettings, ExactDenoiser, Sdpa
 def brute_force(x, y, alpha, sigma, topk=None):
     """Float64 closed-form denoiser, optionally restricted to the true top-k patches."""
     x, y = x.double(), y.double()
-    d2 = ((x[:, None, :] - alpha * y[None]) ** 2).sum(-1)
+    # Direct differences, a few query rows at a time: no (M, N, D) float64 temporary
+    d2 = torch.cat([((x[a : a + 16, None, :] - alpha * y[None]) ** 2).sum(-1)
+                    for a in range(0, x.shape[0], 16)])
     if topk is not None:
         keep = d2.topk(topk, dim=1, largest=False).indices
         mask = torch.full_like(d2, float("inf"))
