@@ -3,6 +3,10 @@
 Usage::
 
     python pipelines/bench_core.py [--quick] [--out pipelines/results]
+    python pipelines/bench_core.py --only speed quality --quick --set query_stride=3 --out DIR
+
+``--set KEY=VALUE`` (repeatable) adds config overrides to every speed run and to the quality
+samples, e.g. to measure another setting's time and quality side by side with the defaults.
 
 Writes ``bench_core.json`` and ``bench_core.md`` (the README quotes the latter). Each backend
 runs in its own subprocess so peak memory (RssAnon) is per backend. Timings are medians.
@@ -51,9 +55,9 @@ def _speed_worker(backend: str, samples: int, image: str, extra: list[str]) -> d
             "scales": [(s.shape, s.backend, s.query_stride) for s in job.plan.scales]}
 
 
-def speed(quick: bool, baseline: bool) -> list[dict]:
-    runs = [("auto", 3 if quick else 5, []), ("ann", 3 if quick else 5, []),
-            ("ann", 3, ["query_stride=1"])]
+def speed(quick: bool, baseline: bool, overrides: list[str]) -> list[dict]:
+    runs = [("auto", 3 if quick else 5, [*overrides]), ("ann", 3 if quick else 5, [*overrides]),
+            ("ann", 3, [*overrides, "query_stride=1"])]
     if baseline:
         # The naive exact denoiser at the paper's settings (stride 1 everywhere): the
         # baseline every acceleration is measured against. About 14 min per backend here.
@@ -138,7 +142,7 @@ def ann_error(quick: bool) -> list[dict]:
     return rows
 
 
-def quality(quick: bool) -> list[dict]:
+def quality(quick: bool, overrides: list[str]) -> list[dict]:
     """Near-duplicates (Table S1), pixel diversity (Table 1), patch SWD, over real photos."""
     import torch
 
@@ -150,7 +154,7 @@ def quality(quick: bool) -> list[dict]:
     n = 3 if quick else 10
     rows = []
     for name in PHOTOS:
-        job = prepare(load_config(None, [f"input=builtin:{name}"]))
+        job = prepare(load_config(None, [f"input=builtin:{name}", *overrides]))
         ref = ((job.reference + 1) / 2).clamp(0, 1)
         samples = [sample_once(job, i, Reporter()).clamp(0, 1) for i in range(n)]
         nd = metrics.near_duplicate_rate(samples, ref)
@@ -158,7 +162,7 @@ def quality(quick: bool) -> list[dict]:
         base = metrics.patch_swd(torch.rand_like(ref), ref)
         prov = statistics.mean(metrics.patch_nn_distance(s, ref, max_queries=3000)["median"]
                                for s in samples)
-        rows.append({"image": name, "samples": n, "near_dup": nd,
+        rows.append({"image": name, "samples": n, "overrides": overrides, "near_dup": nd,
                      "pixel_diversity": metrics.pixel_diversity(samples),
                      "patch_swd": swd, "patch_swd_noise_baseline": base,
                      "nn_patch_rms_median": prov})
@@ -175,7 +179,7 @@ def write_report(res: dict, out: Path) -> None:
              "", "## Speed: 256x256 unconditional sample (P=15, T=10, 5 scales)", "",
              "| backend | settings | setup s | first sample s | median s/sample (after the "
              "first) | samples | peak RssAnon MB |", "|---|---|---|---|---|---|---|"]
-    for r in res["speed"]:
+    for r in res.get("speed", []):
         first = f"{r['first_sample_s']:.2f}" if "first_sample_s" in r else "-"
         lines.append(f"| {r['backend']} | {' '.join(r['extra']) or 'defaults'} | "
                      f"{r['setup_s']:.2f} | {first} | {r['median_s']:.2f} | "
@@ -199,7 +203,8 @@ def write_report(res: dict, out: Path) -> None:
         nd = r["near_dup"]
         nd = {int(k): v for k, v in nd.items()}  # JSON turns the keys into strings
         nds = "/".join(f"{nd[k]:.2f}" for k in (100, 95, 90, 80, 70))
-        lines.append(f"| {r['image']} | {r['samples']} | {nds} | {r['pixel_diversity']:.3f} | "
+        label = " ".join([r["image"], *r.get("overrides", [])])
+        lines.append(f"| {label} | {r['samples']} | {nds} | {r['pixel_diversity']:.3f} | "
                      f"{r['patch_swd']:.4f} ({r['patch_swd_noise_baseline']:.4f}) | "
                      f"{r['nn_patch_rms_median']:.4f} |")
     (out / "bench_core.md").write_text("\n".join(lines) + "\n")
@@ -214,6 +219,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer samples, skip exact backends")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--only", choices=["speed", "calls", "error", "quality", "e2e"], nargs="*")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the speed runs and the quality samples")
     ap.add_argument("--baseline", action="store_true",
                     help="also time one full sample with the exact and sdpa backends (slow)")
     args = ap.parse_args()
@@ -225,7 +232,7 @@ def main() -> None:
     res["machine"] = machine()
     if "speed" in parts:
         old = [r for r in res.get("speed", []) if r["backend"] in ("exact", "sdpa")]
-        res["speed"] = speed(args.quick, args.baseline)
+        res["speed"] = speed(args.quick, args.baseline, args.set)
         if not args.baseline:  # keep earlier baseline measurements
             res["speed"] += old
     if "calls" in parts:
@@ -235,7 +242,7 @@ def main() -> None:
     if "error" in parts:
         res["ann_error"] = ann_error(args.quick)
     if "quality" in parts:
-        res["quality"] = quality(args.quick)
+        res["quality"] = quality(args.quick, args.set)
     write_report(res, args.out)
 
 

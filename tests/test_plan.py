@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gigasid.config import load_config
-from gigasid.engine.plan import DATASET_MAX_PATCHES, make_plan
+from gigasid.engine.plan import DATASET_MAX_PATCHES, _count, make_plan
 
 
 def test_dataset_stride_auto_caps_huge_reference_levels():
@@ -16,8 +16,6 @@ def test_dataset_stride_auto_caps_huge_reference_levels():
     for s in plan.scales:
         assert s.n_patches <= DATASET_MAX_PATCHES
         if s.dataset_stride > 1:  # the smallest stride that fits
-            from gigasid.engine.plan import _count
-
             assert _count(s.ref_shape, s.patch, s.dataset_stride - 1) > DATASET_MAX_PATCHES
 
 
@@ -96,3 +94,19 @@ def test_peak_memory_estimate_is_near_a_measured_run(tmp_path, photo_file):
     assert (tmp_path / "run" / "sample_000.png").exists(), res.stderr[-2000:]
     peak = int(res.stderr.rsplit("PEAK", 1)[1].split()[0]) * 1024  # kB
     assert 0.65 <= peak / plan.est_peak_bytes <= 1.5, (peak / 2**20, plan.est_peak_bytes / 2**20)
+
+
+def test_auto_query_stride_by_scale_size_and_patch():
+    """``query_stride: auto`` on CPU: 3 on large scales when P >= 15 (every pixel still in
+    25 windows), 2 on large scales with a smaller patch, 1 on small scales."""
+    from gigasid.engine.plan import STRIDE2_MIN_QUERIES, STRIDE3_MIN_QUERIES
+
+    cfg = load_config(None, ["input=builtin:hubble", "app=retarget", "output_size=[1024,1024]"])
+    for s in make_plan(cfg, (256, 256)).scales:
+        n = _count(s.shape, s.patch, 1)
+        want = 3 if n > STRIDE3_MIN_QUERIES["cpu"] else 2 if n > STRIDE2_MIN_QUERIES["cpu"] else 1
+        assert s.query_stride == want, (s.shape, n)
+    assert make_plan(cfg, (256, 256)).scales[0].query_stride == 3
+    small_p = load_config(None, ["input=builtin:hubble", "app=retarget", "patch_size=7",
+                                 "output_size=[1024,1024]"])
+    assert make_plan(small_p, (256, 256)).scales[0].query_stride == 2
