@@ -31,13 +31,13 @@ ZARR_MIN_PIXELS = 4 * 2**20
 #: ``engine.tile_size: 0`` with a Zarr store -> tiles (= chunks) of this side.
 DEFAULT_ZARR_TILE = 512
 
-#: Throughput model for estimates, calibrated with pipelines/bench_core.py on 2 CPU cores
-#: (GPU values are placeholders until measured on a GPU). bfloat16 on a CPU without bf16
-#: matrix instructions (AVX2 only) is emulated: the exact denoiser call was ~50x slower.
 #: Resident memory of a computing process before any job data: Python, torch, FAISS, numba
 #: and the loaded kernels (measured: 357 MiB RSS, 195 MiB of it anonymous).
 PROCESS_BASE_BYTES = 360 * 2**20
 
+#: Throughput model for estimates, calibrated with pipelines/bench_core.py on 2 CPU cores
+#: (GPU values are placeholders until measured on a GPU). bfloat16 on a CPU without bf16
+#: matrix instructions (AVX2 only) is emulated: the exact denoiser call was ~50x slower.
 CPU_GFLOPS = {"float32": 150.0, "bfloat16": 3.0}
 CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
 #: ANN step cost per query patch element (search + re-weighting + extraction + fold). CPU:
