@@ -68,7 +68,7 @@ def main() -> None:
     from _measure import machine
 
     import gigasid
-    from gigasid.core import kernels, patches
+    from gigasid.core import kernels, patches, resample
     from gigasid.core.denoisers import AnnDenoiser, AnnSettings
     from gigasid.engine.allocator import tune_malloc
 
@@ -81,12 +81,17 @@ def main() -> None:
     alpha, sigma = 0.9, 0.1
     idx = den.search(queries, alpha)
     est = torch.randn(m, C * P * P, generator=g)
+    photo = torch.nn.functional.interpolate(canvas[None], size=(1100, 1100),
+                                            mode="bilinear")[0].contiguous()
     cases = {
         "extract": lambda: patches.extract(canvas, ys, xs, P),
         "search (PCA projection + IVF)": lambda: den.search(queries, alpha),
         "re-weighting": lambda: den.reweight(queries, idx, alpha, sigma,
                                              torch.empty_like(queries)),
         "fold": lambda: patches.fold(est, ys, xs, P, C, out_shape=(canvas.shape[1], WIDTH)),
+        # the blend's resampling of one region: down by 2, then back up
+        "resampling (1100 px, down 2x and up)": lambda: resample.resize(
+            resample.resize(photo, (550, 550)), (1100, 1100)),
         "denoiser call (search + re-weighting)": lambda: den(queries, alpha, sigma),
     }
     if not hasattr(den, "reweight"):  # an older checkout: only the whole call
