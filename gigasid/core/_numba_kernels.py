@@ -324,3 +324,45 @@ def resample_cols(x, idx, w, out):  # pragma: no cover
             for kk in range(1, k):
                 acc += w[o, kk] * src[idx[o, kk]]
             dst[o] = acc
+
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _mix32(h):  # pragma: no cover
+    """:func:`gigasid.core.noise._mix32` on a uint64 holding 32 bits (products wrap mod 2**64;
+    the low 32 bits kept are exact)."""
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x7FEB352D)) & _MASK32
+    h = h ^ (h >> np.uint64(15))
+    h = (h * np.uint64(0x846CA68B)) & _MASK32
+    h = h ^ (h >> np.uint64(16))
+    return h
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _absorb(h, v):  # pragma: no cover
+    return _mix32(((h ^ (v & _MASK32)) + np.uint64(0x9E3779B9)) & _MASK32)
+
+
+@numba.njit(**_OPTS)
+def gaussian(base, y0, x0, out):  # pragma: no cover
+    """``out[c, r, j]`` = the counter-based normal of pixel ``(c, y0 + r, x0 + j)`` given the
+    hash state ``base`` of (seed, stream, scale, step): :func:`gigasid.core.noise.gaussian_region`
+    computed per pixel in one pass (the torch version builds a dozen full-size int64 and
+    float64 temporaries). Coordinates enter as their two's-complement low 32 bits."""
+    c, height, width = out.shape
+    b = np.uint64(base)
+    inv = 1.0 / 4294967296.0
+    two_pi = 2.0 * np.pi
+    for t in numba.prange(c * height):
+        ch = t // height
+        r = t % height
+        hy = _absorb(_absorb(b, np.uint64(ch)), np.uint64(np.int64(y0 + r)))
+        dst = out[ch, r]
+        for j in range(width):
+            h = _absorb(hy, np.uint64(np.int64(x0 + j)))
+            u1 = (np.float64(_mix32(h ^ np.uint64(0x68E31DA4))) + 0.5) * inv
+            u2 = (np.float64(_mix32(h ^ np.uint64(0xB5297A4D))) + 0.5) * inv
+            dst[j] = np.float32(np.sqrt(-2.0 * np.log(u1)) * np.cos(two_pi * u2))

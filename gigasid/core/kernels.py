@@ -15,6 +15,7 @@ reference; these kernels compute the same things in one pass over memory:
   differences, without the ``(m, k, D)`` gather and difference tensors.
 * :func:`resample_axis` - one axis of the tap-based resampling (pyramid, blend), summing
   each output's taps in the reference's order straight into the result.
+* :func:`gaussian` - the counter-based noise, hashed and transformed pixel by pixel.
 * :func:`fold` - the separable overlap-add, adding each pixel's contributions in exactly the
   order of :func:`gigasid.core.patches.fold` (bit for bit the same result), one patch row at
   a time, so the partial row sums stay in cache, and applying the fold window's weights as
@@ -177,6 +178,18 @@ def resample_axis(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor)
         _threads(nk.numba)
         fn(xs.numpy(), idx.to(torch.int64).contiguous().numpy(),
            w.to(torch.float32).contiguous().numpy(), out.numpy())
+    return out
+
+
+def gaussian(base: int, channels: int, region: tuple[int, int, int, int]) -> torch.Tensor:
+    """Compiled :func:`gigasid.core.noise.gaussian_region` (float32, CPU) from the region's
+    32-bit hash state ``base``: the same hash and Box-Muller per pixel, in one pass."""
+    nk = _compiled()
+    y0, y1, x0, x1 = region
+    out = torch.empty((channels, y1 - y0, x1 - x0), dtype=torch.float32)
+    with _LOCK:
+        _threads(nk.numba)
+        nk.gaussian(base, y0, x0, out.numpy())
     return out
 
 

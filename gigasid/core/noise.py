@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from gigasid.core import kernels
+
 _MASK = 0xFFFFFFFF
 
 #: Named noise streams, so that different uses of one (scale, step) never share numbers.
@@ -69,6 +71,15 @@ def gaussian_region(
     """
     y0, y1, x0, x1 = region
     base = _absorb(_absorb(_absorb(_absorb(0x243F6A88, seed), stream), scale), step)
+    if dtype == torch.float32 and torch.device(device).type == "cpu" and kernels.mode() == "numba":
+        return kernels.gaussian(int(base), channels, region)
+    return _gaussian_torch(base, channels, region, dtype, device)
+
+
+def _gaussian_torch(base: torch.Tensor, channels: int, region: tuple[int, int, int, int],
+                    dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The reference: :func:`gaussian_region` as full-size tensor operations."""
+    y0, y1, x0, x1 = region
     c = torch.arange(channels, dtype=torch.int64, device=device)[:, None, None]
     y = torch.arange(y0, y1, dtype=torch.int64, device=device)[None, :, None]
     x = torch.arange(x0, x1, dtype=torch.int64, device=device)[None, None, :]

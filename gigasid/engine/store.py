@@ -117,6 +117,7 @@ class ZarrStore:
         except OSError as exc:
             _disk_guard(exc, self.root)
         self._arrays: dict[str, object] = {}
+        self._layouts: dict[str, object] = {}
         self.lock = threading.Lock()
 
     def clean_partial_writes(self) -> int:
@@ -155,18 +156,73 @@ class ZarrStore:
             self._arrays[name] = self.group[name]
         return self._arrays[name]
 
+    def _raw(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """``(shape, chunks)`` when the array's chunk files are plain little-endian float32 in
+        C order under the default ``c/0/i/j`` keys (how :meth:`ensure` creates them), so that
+        tiles can be read and written as files; ``None`` sends the array through Zarr."""
+        hit = self._layouts.get(name)
+        if hit is None:
+            hit = False
+            try:
+                from zarr.codecs import BytesCodec
+
+                arr = self._arr(name)
+                meta = arr.metadata
+                codecs = tuple(meta.codecs)
+                if (meta.zarr_format == 3 and not getattr(meta, "storage_transformers", ())
+                        and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+                        and codecs[0].endian is not None and codecs[0].endian.value == "little"
+                        and np.dtype(arr.dtype) == np.float32 and arr.order == "C"
+                        and float(meta.fill_value) == 0.0 and len(arr.shape) == 3
+                        and meta.encode_chunk_key((0, 1, 2)) == "c/0/1/2"):
+                    hit = (tuple(int(v) for v in arr.shape), tuple(int(v) for v in arr.chunks))
+            except (ImportError, AttributeError, TypeError, ValueError):
+                hit = False
+            self._layouts[name] = hit
+        return hit or None
+
     def read(self, name: str, win: Region) -> torch.Tensor:
-        a = self._arr(name)[:, win[0]:win[1], win[2]:win[3]]
-        return torch.from_numpy(np.asarray(a))
+        raw = self._raw(name)
+        if raw is None:
+            a = self._arr(name)[:, win[0]:win[1], win[2]:win[3]]
+            return torch.from_numpy(np.asarray(a))
+        (c, h, w), (_, th, tw) = raw
+        if win[0] < 0 or win[2] < 0:
+            raise ValueError(f"window {win} starts outside array {name}")
+        y0, y1, x0, x1 = win[0], min(win[1], h), win[2], min(win[3], w)
+        out = np.zeros((c, max(y1 - y0, 0), max(x1 - x0, 0)), dtype=np.float32)
+        for iy in range(y0 // th, -(-y1 // th)):
+            for ix in range(x0 // tw, -(-x1 // tw)):
+                path = self._chunk_path(name, (iy, ix))
+                try:
+                    chunk = np.memmap(path, dtype="<f4", mode="r", shape=(c, th, tw))
+                except FileNotFoundError:  # never written: the fill value, as Zarr reads it
+                    continue
+                except ValueError:
+                    raise GigasidError(
+                        f"run directory chunk {path} is truncated (a write was cut off?); "
+                        "run the same command again to repair it") from None
+                cy0, cx0 = iy * th, ix * tw
+                ya, yb = max(y0, cy0), min(y1, cy0 + th)
+                xa, xb = max(x0, cx0), min(x1, cx0 + tw)
+                out[:, ya - y0:yb - y0, xa - x0:xb - x0] = chunk[:, ya - cy0:yb - cy0,
+                                                                 xa - cx0:xb - cx0]
+                del chunk
+        return torch.from_numpy(out)
 
     def write(self, name: str, region: Region, value: torch.Tensor) -> None:
-        """Write a tile (whole chunks). Zarr writes each chunk to a temporary file and renames
-        it; the chunk files and their directory are then flushed to the disk, so a marker
-        written afterwards survives a power loss together with the bytes it stands for."""
+        """Write a tile (whole chunks). Each chunk goes to a temporary file that is renamed
+        into place; the chunk files and their directory are then flushed to the disk, so a
+        marker written afterwards survives a power loss together with the bytes it stands for."""
         y0, y1, x0, x1 = region
         arr = self._arr(name)
+        data = value.to("cpu", torch.float32).numpy()
+        raw = self._raw(name)
         try:
-            arr[:, y0:y1, x0:x1] = value.to("cpu", torch.float32).numpy()
+            if raw is not None and self._aligned(raw, region):
+                self._write_chunks(name, raw, region, data)
+                return
+            arr[:, y0:y1, x0:x1] = data
             if self.durable:
                 _, th, tw = arr.chunks
                 for iy in range(y0 // th, (y1 - 1) // th + 1):
@@ -175,6 +231,48 @@ class ZarrStore:
                 _fsync_dir(self._chunk_path(name, (y0 // th, 0)).parent)
         except OSError as exc:
             _disk_guard(exc, self.root)
+
+    @staticmethod
+    def _aligned(raw, region: Region) -> bool:
+        """Whether ``region`` covers whole chunks (edge chunks up to the array's border)."""
+        (_, h, w), (_, th, tw) = raw
+        y0, y1, x0, x1 = region
+        return (y0 % th == 0 and x0 % tw == 0 and (y1 % th == 0 or y1 == h)
+                and (x1 % tw == 0 or x1 == w) and 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w)
+
+    def _write_chunks(self, name: str, raw, region: Region, data: np.ndarray) -> None:
+        """Whole-chunk writes as Zarr would store them (edge chunks padded with the fill
+        value), each through a temporary file and a rename, so a reader never sees half a
+        chunk."""
+        (c, _, _), (_, th, tw) = raw
+        y0, y1, x0, x1 = region
+        tag = f"{os.getpid()}-{threading.get_ident()}"
+        parents = set()
+        buf = None
+        for iy in range(y0 // th, -(-y1 // th)):
+            for ix in range(x0 // tw, -(-x1 // tw)):
+                ya, yb = iy * th - y0, min((iy + 1) * th, y1) - y0
+                xa, xb = ix * tw - x0, min((ix + 1) * tw, x1) - x0
+                block = data[:, ya:yb, xa:xb]
+                if block.shape[1:] != (th, tw):
+                    if buf is None:
+                        buf = np.zeros((c, th, tw), dtype=np.float32)
+                    buf[...] = 0.0
+                    buf[:, :yb - ya, :xb - xa] = block
+                    block = buf
+                path = self._chunk_path(name, (iy, ix))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{tag}.partial")
+                with open(tmp, "wb") as fh:
+                    fh.write(np.ascontiguousarray(block, dtype="<f4").data)
+                    if self.durable:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                os.replace(tmp, path)
+                parents.add(path.parent)
+        if self.durable:
+            for d in parents:
+                _fsync_dir(d)
 
     def drop(self, prefix: str) -> None:  # keep everything on disk: it is the resume state
         pass
@@ -185,6 +283,7 @@ class ZarrStore:
 
         with self.lock:
             self._arrays.pop(name, None)
+            self._layouts.pop(name, None)
         shutil.rmtree(self.root / "data.zarr" / name, ignore_errors=True)
 
     def _chunk_path(self, name: str, chunk_index: tuple[int, int]) -> Path:
