@@ -46,6 +46,7 @@ class DenoiserConfig:
     pq_m: int = 16
     pca_dim: int = 32
     train_size: int = 16384
+    coarse_groups: int = 4
     exact_max_patches: Union[int, None] = None  # noqa: UP007
 
 
@@ -426,6 +427,7 @@ def validate(cfg: JobConfig) -> None:
     d = cfg.denoiser
     _check_range("denoiser.k", d.k, 1, 4096)
     _check_range("denoiser.nprobe", d.nprobe, 1, None)
+    _check_range("denoiser.coarse_groups", d.coarse_groups, 0, None)
     _check_choice("denoiser.index", d.index, INDEXES)
     _check_range("denoiser.pq_m", d.pq_m, 1, 256)
     _check_range("denoiser.index_memory_mb", d.index_memory_mb, 1, None)

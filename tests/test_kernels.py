@@ -247,3 +247,44 @@ def test_compiled_noise_is_bit_identical(use, region):
     # another stream or step is other numbers
     other = noise.gaussian_region(5, 3, 18, 4, region, stream=noise.STREAM_STEP)
     assert (other != got).float().mean() > 0.99
+
+
+def test_grouped_coarse_search(photo, use):
+    """Two-level coarse step: with every group probed it is the exhaustive search bit for bit;
+    with few groups it returns the exact k nearest (float64 brute force) within the nprobe
+    nearest lists among the probed groups' centroids, whatever the batch, and mostly the
+    exhaustive search's candidates."""
+    import numpy as np
+
+    img = photo[:, :96, :96]
+    grid = P.PatchGrid(img, 7, 1)
+    den = AnnDenoiser(grid, AnnSettings(k=5, index="ivf", pca_dim=16, nprobe=2))
+    g = torch.Generator().manual_seed(4)
+    x = 0.9 * grid.gather(torch.randint(0, grid.n, (300,), generator=g)) + 0.1 * torch.randn(
+        300, grid.dim, generator=g)
+    q = den._project_queries(x, 0.9)
+    layout = den._ivf_layout()
+    groups = kernels.coarse_groups(layout[0])
+    sup_t, gstarts, gcent, glist = groups
+    assert sup_t.shape[1] == round(np.sqrt(layout[0].shape[1]) / 2) > 4
+    assert np.array_equal(np.sort(glist), np.arange(layout[0].shape[1]))
+    assert np.array_equal(groups[2], kernels.coarse_groups(layout[0])[2])  # deterministic
+    full = kernels.ivf_search(layout, q, 2, 5)
+    assert np.array_equal(kernels.ivf_search(layout, q, 2, 5, groups, sup_t.shape[1]), full)
+    got = kernels.ivf_search(layout, q, 2, 5, groups, 2)
+    cent_t, starts, vecs, ids = layout
+    qd = q.astype(np.float64)
+    near_groups = ((qd[:, :, None] - sup_t[None].astype(np.float64)) ** 2).sum(1).argsort(1)
+    for i in range(q.shape[0]):
+        cands = np.concatenate([glist[gstarts[gi]:gstarts[gi + 1]] for gi in near_groups[i, :2]])
+        cd = ((qd[i][:, None] - cent_t[:, cands].astype(np.float64)) ** 2).sum(0)
+        lists = cands[np.lexsort((cands, cd))[:2]]
+        pool = [(ids[s], vecs[starts[li] * 16 : starts[li + 1] * 16].reshape(16, -1)[:, v])
+                for li in lists for v, s in enumerate(range(starts[li], starts[li + 1]))]
+        d2 = np.array([((qd[i] - vec) ** 2).sum() for _, vec in pool])
+        best = [int(pool[j][0]) for j in np.lexsort(([p[0] for p in pool], d2))[:5]]
+        assert got[i].tolist() == best
+    part = np.concatenate([kernels.ivf_search(layout, q[a : a + 37], 2, 5, groups, 2)
+                           for a in range(0, 300, 37)])
+    assert np.array_equal(part, got)
+    assert np.mean(got == full) > 0.8

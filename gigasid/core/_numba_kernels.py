@@ -366,3 +366,110 @@ def gaussian(base, y0, x0, out):  # pragma: no cover
             u1 = (np.float64(_mix32(h ^ np.uint64(0x68E31DA4))) + 0.5) * inv
             u2 = (np.float64(_mix32(h ^ np.uint64(0xB5297A4D))) + 0.5) * inv
             dst[j] = np.float32(np.sqrt(-2.0 * np.log(u1)) * np.cos(two_pi * u2))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _scan(q, i, block, n, ld):  # pragma: no cover
+    """``ld[v] = sum_e (q[i, e] - block[e * n + v])^2`` for ``v < n`` (a transposed
+    ``(d, n)`` block), each sum in dimension order, four dimensions per pass over ``ld``."""
+    d = q.shape[1]
+    ld[:n] = 0.0
+    e = 0
+    while e + 4 <= d:
+        q0, q1, q2, q3 = q[i, e], q[i, e + 1], q[i, e + 2], q[i, e + 3]
+        r0 = block[e * n:(e + 1) * n]
+        r1 = block[(e + 1) * n:(e + 2) * n]
+        r2 = block[(e + 2) * n:(e + 3) * n]
+        r3 = block[(e + 3) * n:(e + 4) * n]
+        for v in range(n):
+            t = q0 - r0[v]
+            s = ld[v] + t * t
+            t = q1 - r1[v]
+            s = s + t * t
+            t = q2 - r2[v]
+            s = s + t * t
+            t = q3 - r3[v]
+            ld[v] = s + t * t
+        e += 4
+    while e < d:
+        qe = q[i, e]
+        row = block[e * n:(e + 1) * n]
+        for v in range(n):
+            t = qe - row[v]
+            ld[v] += t * t
+        e += 1
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _keep(dv, iv, bd, bi):  # pragma: no cover
+    """Insert ``(dv, iv)`` into the ascending ``(bd, bi)`` best list (ties: smaller ``iv``)."""
+    k = bd.shape[0]
+    if dv > bd[k - 1] or (dv == bd[k - 1] and (bi[k - 1] >= 0 and iv > bi[k - 1])):
+        return
+    pos = k - 1
+    while pos > 0 and (dv < bd[pos - 1] or (dv == bd[pos - 1] and iv < bi[pos - 1])):
+        bd[pos] = bd[pos - 1]
+        bi[pos] = bi[pos - 1]
+        pos -= 1
+    bd[pos] = dv
+    bi[pos] = iv
+
+
+@numba.njit(**_OPTS)
+def ivf_search_grouped(q, sup_t, gstarts, gcent, glist, starts, vecs, ids, nprobe, groups, k,
+                       out):  # pragma: no cover
+    """:func:`ivf_search` with a two-level coarse step: the centroids are clustered into
+    ``G`` groups (``sup_t`` ``(d, G)`` group centres; group ``g`` holds lists
+    ``glist[gstarts[g]:gstarts[g + 1]]``, their centroids a transposed block of ``gcent``);
+    a query ranks the ``G`` centres, scores the centroids of its ``max(groups, nprobe)``
+    nearest groups only, and probes the ``nprobe`` nearest of those lists. With every group
+    probed this is :func:`ivf_search` exactly (same distances, same tie order)."""
+    m, d = q.shape
+    ng = sup_t.shape[1]
+    nlist = starts.shape[0] - 1
+    longest = 0
+    for li in range(nlist):
+        longest = max(longest, starts[li + 1] - starts[li])
+    glongest = 0
+    for g in range(ng):
+        glongest = max(glongest, gstarts[g + 1] - gstarts[g])
+    s_probe = min(ng, max(groups, nprobe))
+    sup = sup_t.reshape(-1)
+    for b in numba.prange((m + BLOCK - 1) // BLOCK):
+        sd = np.empty(ng, dtype=np.float32)
+        gd = np.empty(s_probe, dtype=np.float32)
+        gl = np.empty(s_probe, dtype=np.int64)
+        cd = np.empty(glongest, dtype=np.float32)
+        pd = np.empty(nprobe, dtype=np.float32)
+        pl = np.empty(nprobe, dtype=np.int64)
+        bd = np.empty(k, dtype=np.float32)
+        bi = np.empty(k, dtype=np.int64)
+        ld = np.empty(longest, dtype=np.float32)
+        for i in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
+            _scan(q, i, sup, ng, sd)
+            gd[:] = np.inf
+            gl[:] = -1
+            for g in range(ng):
+                _keep(sd[g], g, gd, gl)
+            pd[:] = np.inf
+            pl[:] = -1
+            for si in range(s_probe):
+                g = gl[si]
+                s0 = gstarts[g]
+                n = gstarts[g + 1] - s0
+                _scan(q, i, gcent[s0 * d:(s0 + n) * d], n, cd)
+                for v in range(n):
+                    _keep(cd[v], glist[s0 + v], pd, pl)
+            bd[:] = np.inf
+            bi[:] = -1
+            for pi in range(nprobe):
+                li = pl[pi]
+                if li < 0:
+                    continue
+                s0 = starts[li]
+                n = starts[li + 1] - s0
+                _scan(q, i, vecs[s0 * d:(s0 + n) * d], n, ld)
+                for v in range(n):
+                    _keep(ld[v], ids[s0 + v], bd, bi)
+            for j in range(k):
+                out[i, j] = bi[j]

@@ -203,6 +203,10 @@ class AnnSettings:
         list on very large references so k-means stays meaningful.
     seed:
         Seed of that sample and of FAISS k-means.
+    coarse_groups:
+        Two-level coarse step of the compiled IVF search: the centroids are clustered
+        into about ``sqrt(nlist) / 2`` groups and a query scores only the centroids of its
+        ``coarse_groups`` nearest groups (at least ``nprobe``); 0 scores every centroid.
     """
 
     k: int = 5
@@ -213,6 +217,7 @@ class AnnSettings:
     pca_dim: int = 32
     train_size: int = 16384
     seed: int = 0
+    coarse_groups: int = 4
 
 
 class AnnDenoiser:
@@ -350,7 +355,8 @@ class AnnDenoiser:
         if nprobe is None:  # a flat index: exhaustive search
             return self.index.search(q, self.k)[1]
         if kernels.mode() == "numba" and self._ivf_layout() is not None:
-            return kernels.ivf_search(self._ivf_layout(), q, nprobe, self.k)
+            return kernels.ivf_search(self._ivf_layout(), q, nprobe, self.k,
+                                      self._coarse_groups(), self.settings.coarse_groups)
         lists, dists = self._coarse(q, nprobe)
         # search_preassigned reads nprobe from the index (it takes no search parameters)
         self.index.nprobe = nprobe
@@ -450,6 +456,15 @@ class AnnDenoiser:
             small = flat and self.index.ntotal * self.index.d * 4 <= IVF_KERNEL_MAX_BYTES
             self._kernel_ivf = kernels.ivf_layout(self.index) if small else None
         return self._kernel_ivf
+
+    def _coarse_groups(self):
+        """The IVF centroids' groups for the two-level coarse step (built once, from the
+        centroids alone: small, and the same in every process), or None when it is off."""
+        if self.settings.coarse_groups <= 0:
+            return None
+        if not hasattr(self, "_groups"):
+            self._groups = kernels.coarse_groups(self._ivf_layout()[0], seed=self.settings.seed)
+        return self._groups
 
     def _layout(self):
         """The dataset as the fused kernel reads it (built once)."""

@@ -32,6 +32,7 @@ also how the two are compared in benchmarks.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 
@@ -225,14 +226,66 @@ def ivf_layout(index, alloc=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return cent_t, starts, vecs, ids
 
 
-def ivf_search(layout, q: np.ndarray, nprobe: int, k: int) -> np.ndarray:
+def coarse_groups(cent_t: np.ndarray, iters: int = 20,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(sup_t, gstarts, gcent, glist)``: the IVF centroids ``(d, nlist)`` clustered into
+    ``round(sqrt(nlist) / 2)`` groups, as :func:`_numba_kernels.ivf_search_grouped` reads
+    them (group centres transposed; each group's lists in list order, their centroids as a
+    transposed block).
+
+    Seeded Lloyd iterations in float64 from direct differences (no GEMM): every process
+    that builds the groups of one index gets the same groups.
+    """
+    c = np.ascontiguousarray(cent_t.T, dtype=np.float64)  # (nlist, d)
+    nlist, d = c.shape
+    ng = max(1, min(nlist, int(round(math.sqrt(nlist) / 2))))
+    rng = np.random.default_rng(seed)
+    centres = c[np.sort(rng.choice(nlist, ng, replace=False))].copy()
+
+    def assign(centres):
+        # blocks of centroids: the (block, G, d) differences stay a few MB
+        out = np.empty(nlist, dtype=np.int64)
+        for a in range(0, nlist, 512):
+            diff = c[a:a + 512, None, :] - centres[None]
+            out[a:a + 512] = np.einsum("ngd,ngd->ng", diff, diff).argmin(1)
+        return out
+
+    for _ in range(iters):
+        owner = assign(centres)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, owner, c)
+        counts = np.bincount(owner, minlength=ng)
+        filled = counts > 0  # an emptied group keeps its centre
+        centres[filled] = sums[filled] / counts[filled, None]
+    owner = assign(centres)
+    glist = np.argsort(owner, kind="stable").astype(np.int64)  # list order within a group
+    gstarts = np.zeros(ng + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=ng), out=gstarts[1:])
+    gcent = np.empty(nlist * d, dtype=np.float32)
+    for g in range(ng):
+        members = glist[gstarts[g]:gstarts[g + 1]]
+        gcent[gstarts[g] * d:gstarts[g + 1] * d] = cent_t[:, members].reshape(-1)
+    return (np.ascontiguousarray(centres.T, dtype=np.float32), gstarts, gcent, glist)
+
+
+def ivf_search(layout, q: np.ndarray, nprobe: int, k: int, groups=None,
+               probe_groups: int = 0) -> np.ndarray:
     """Batch-invariant IVF-Flat search (see :func:`_numba_kernels.ivf_search`):
-    ``(m, k)`` int64 patch numbers, nearest first, ``-1`` where fewer than ``k`` were found."""
+    ``(m, k)`` int64 patch numbers, nearest first, ``-1`` where fewer than ``k`` were found.
+
+    With ``groups`` (:func:`coarse_groups` of the layout) and ``probe_groups > 0`` the
+    coarse step scores only the centroids of each query's ``max(probe_groups, nprobe)``
+    nearest groups (:func:`_numba_kernels.ivf_search_grouped`); otherwise every centroid.
+    """
     nk = _compiled()
     cent_t, starts, vecs, ids = layout
     out = np.empty((q.shape[0], k), dtype=np.int64)
+    qc = np.ascontiguousarray(q, dtype=np.float32)
+    nprobe = min(nprobe, cent_t.shape[1])
     with _LOCK:
         _threads(nk.numba)
-        nk.ivf_search(np.ascontiguousarray(q, dtype=np.float32), cent_t, starts, vecs, ids,
-                      min(nprobe, cent_t.shape[1]), k, out)
+        if groups is not None and probe_groups > 0:
+            nk.ivf_search_grouped(qc, *groups, starts, vecs, ids, nprobe, probe_groups, k, out)
+        else:
+            nk.ivf_search(qc, cent_t, starts, vecs, ids, nprobe, k, out)
     return out

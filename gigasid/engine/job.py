@@ -357,7 +357,8 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     compute = DTYPES[cfg.dtype]
     d = cfg.denoiser
     ann = AnnSettings(k=d.k, index=d.index, nlist=d.nlist, nprobe=d.nprobe, pq_m=d.pq_m,
-                      pca_dim=d.pca_dim, train_size=d.train_size, seed=cfg.seed)
+                      pca_dim=d.pca_dim, train_size=d.train_size, seed=cfg.seed,
+                      coarse_groups=d.coarse_groups)
     for name, spec in app.datasets(view).items():
         for s in sorted(spec.images):
             sp = plan.scales[s]
