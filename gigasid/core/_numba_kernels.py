@@ -181,6 +181,53 @@ def _group_min(v):  # pragma: no cover
     return mn
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _scan(q, i, block, n, ld):  # pragma: no cover
+    """``ld[v] = sum_e (q[i, e] - block[e * n + v])^2`` for ``v < n`` (a transposed
+    ``(d, n)`` block), each sum in dimension order, four dimensions per pass over ``ld``."""
+    d = q.shape[1]
+    ld[:n] = 0.0
+    e = 0
+    while e + 4 <= d:
+        q0, q1, q2, q3 = q[i, e], q[i, e + 1], q[i, e + 2], q[i, e + 3]
+        r0 = block[e * n:(e + 1) * n]
+        r1 = block[(e + 1) * n:(e + 2) * n]
+        r2 = block[(e + 2) * n:(e + 3) * n]
+        r3 = block[(e + 3) * n:(e + 4) * n]
+        for v in range(n):
+            t = q0 - r0[v]
+            s = ld[v] + t * t
+            t = q1 - r1[v]
+            s = s + t * t
+            t = q2 - r2[v]
+            s = s + t * t
+            t = q3 - r3[v]
+            ld[v] = s + t * t
+        e += 4
+    while e < d:
+        qe = q[i, e]
+        row = block[e * n:(e + 1) * n]
+        for v in range(n):
+            t = qe - row[v]
+            ld[v] += t * t
+        e += 1
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _keep(dv, iv, bd, bi):  # pragma: no cover
+    """Insert ``(dv, iv)`` into the ascending ``(bd, bi)`` best list (ties: smaller ``iv``)."""
+    k = bd.shape[0]
+    if dv > bd[k - 1] or (dv == bd[k - 1] and (bi[k - 1] >= 0 and iv > bi[k - 1])):
+        return
+    pos = k - 1
+    while pos > 0 and (dv < bd[pos - 1] or (dv == bd[pos - 1] and iv < bi[pos - 1])):
+        bd[pos] = bd[pos - 1]
+        bi[pos] = bi[pos - 1]
+        pos -= 1
+    bd[pos] = dv
+    bi[pos] = iv
+
+
 @numba.njit(**_OPTS)
 def ivf_search(q, cent_t, starts, vecs, ids, nprobe, k, out):  # pragma: no cover
     """IVF-Flat search by direct differences: the ``k`` nearest list vectors of each query
@@ -212,30 +259,12 @@ def ivf_search(q, cent_t, starts, vecs, ids, nprobe, k, out):  # pragma: no cove
     longest = 0
     for li in range(nlist):
         longest = max(longest, starts[li + 1] - starts[li])
+    cent = cent_t.reshape(-1)
     for i in numba.prange(m):
         # Centroid distances, four dimensions per pass over the centroids (fewer loads and
         # stores of ``cd``); each sum still adds its terms in dimension order.
-        cd = np.zeros(nlist, dtype=np.float32)
-        e = 0
-        while e + 4 <= d:
-            q0, q1, q2, q3 = q[i, e], q[i, e + 1], q[i, e + 2], q[i, e + 3]
-            c0, c1, c2, c3 = cent_t[e], cent_t[e + 1], cent_t[e + 2], cent_t[e + 3]
-            for li in range(nlist):
-                t = q0 - c0[li]
-                s = cd[li] + t * t
-                t = q1 - c1[li]
-                s = s + t * t
-                t = q2 - c2[li]
-                s = s + t * t
-                t = q3 - c3[li]
-                cd[li] = s + t * t
-            e += 4
-        while e < d:
-            qe = q[i, e]
-            for li in range(nlist):
-                t = qe - cent_t[e, li]
-                cd[li] += t * t
-            e += 1
+        cd = np.empty(nlist, dtype=np.float32)
+        _scan(q, i, cent, nlist, cd)
         pd = np.full(nprobe, np.inf, dtype=np.float32)
         pl = np.full(nprobe, -1, dtype=np.int64)
         # The nprobe smallest, in list order; groups whose minimum cannot enter are skipped
@@ -264,26 +293,9 @@ def ivf_search(q, cent_t, starts, vecs, ids, nprobe, k, out):  # pragma: no cove
                 continue
             s0 = starts[li]
             n = starts[li + 1] - s0
-            block = vecs[s0 * d : (s0 + n) * d]
-            ld[:n] = 0.0
-            for e in range(d):
-                qe = q[i, e]
-                row = block[e * n : (e + 1) * n]
-                for v in range(n):
-                    t = qe - row[v]
-                    ld[v] += t * t
+            _scan(q, i, vecs[s0 * d : (s0 + n) * d], n, ld)
             for v in range(n):
-                dv = ld[v]
-                iv = ids[s0 + v]
-                if dv > bd[k - 1] or (dv == bd[k - 1] and (bi[k - 1] >= 0 and iv > bi[k - 1])):
-                    continue
-                pos = k - 1
-                while pos > 0 and (dv < bd[pos - 1] or (dv == bd[pos - 1] and iv < bi[pos - 1])):
-                    bd[pos] = bd[pos - 1]
-                    bi[pos] = bi[pos - 1]
-                    pos -= 1
-                bd[pos] = dv
-                bi[pos] = iv
+                _keep(ld[v], ids[s0 + v], bd, bi)
         for j in range(k):
             out[i, j] = bi[j]
 
@@ -366,53 +378,6 @@ def gaussian(base, y0, x0, out):  # pragma: no cover
             u1 = (np.float64(_mix32(h ^ np.uint64(0x68E31DA4))) + 0.5) * inv
             u2 = (np.float64(_mix32(h ^ np.uint64(0xB5297A4D))) + 0.5) * inv
             dst[j] = np.float32(np.sqrt(-2.0 * np.log(u1)) * np.cos(two_pi * u2))
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _scan(q, i, block, n, ld):  # pragma: no cover
-    """``ld[v] = sum_e (q[i, e] - block[e * n + v])^2`` for ``v < n`` (a transposed
-    ``(d, n)`` block), each sum in dimension order, four dimensions per pass over ``ld``."""
-    d = q.shape[1]
-    ld[:n] = 0.0
-    e = 0
-    while e + 4 <= d:
-        q0, q1, q2, q3 = q[i, e], q[i, e + 1], q[i, e + 2], q[i, e + 3]
-        r0 = block[e * n:(e + 1) * n]
-        r1 = block[(e + 1) * n:(e + 2) * n]
-        r2 = block[(e + 2) * n:(e + 3) * n]
-        r3 = block[(e + 3) * n:(e + 4) * n]
-        for v in range(n):
-            t = q0 - r0[v]
-            s = ld[v] + t * t
-            t = q1 - r1[v]
-            s = s + t * t
-            t = q2 - r2[v]
-            s = s + t * t
-            t = q3 - r3[v]
-            ld[v] = s + t * t
-        e += 4
-    while e < d:
-        qe = q[i, e]
-        row = block[e * n:(e + 1) * n]
-        for v in range(n):
-            t = qe - row[v]
-            ld[v] += t * t
-        e += 1
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _keep(dv, iv, bd, bi):  # pragma: no cover
-    """Insert ``(dv, iv)`` into the ascending ``(bd, bi)`` best list (ties: smaller ``iv``)."""
-    k = bd.shape[0]
-    if dv > bd[k - 1] or (dv == bd[k - 1] and (bi[k - 1] >= 0 and iv > bi[k - 1])):
-        return
-    pos = k - 1
-    while pos > 0 and (dv < bd[pos - 1] or (dv == bd[pos - 1] and iv < bi[pos - 1])):
-        bd[pos] = bd[pos - 1]
-        bi[pos] = bi[pos - 1]
-        pos -= 1
-    bd[pos] = dv
-    bi[pos] = iv
 
 
 @numba.njit(**_OPTS)
