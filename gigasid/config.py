@@ -22,6 +22,7 @@ from gigasid.errors import ConfigError
 
 BACKENDS = ("auto", "exact", "sdpa", "ann")
 INDEXES = ("auto", "flat", "ivf", "ivfpq")
+SEARCHES = ("auto", "device", "host")  # where the ANN lists are searched (AnnSettings.search)
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("flow_linear", "ve_edm")
@@ -47,6 +48,7 @@ class DenoiserConfig:
     pca_dim: int = 32
     train_size: int = 16384
     coarse_groups: int = 4
+    search: str = "auto"
     exact_max_patches: Union[int, None] = None  # noqa: UP007
 
 
@@ -428,6 +430,7 @@ def validate(cfg: JobConfig) -> None:
     _check_range("denoiser.k", d.k, 1, 4096)
     _check_range("denoiser.nprobe", d.nprobe, 1, None)
     _check_range("denoiser.coarse_groups", d.coarse_groups, 0, None)
+    _check_choice("denoiser.search", d.search, SEARCHES)
     _check_choice("denoiser.index", d.index, INDEXES)
     _check_range("denoiser.pq_m", d.pq_m, 1, 256)
     _check_range("denoiser.index_memory_mb", d.index_memory_mb, 1, None)

@@ -6,8 +6,9 @@ on which every operator still refuses inputs from two devices. A tensor left on 
 fail or silently copy on a GPU. The store keeps the real boundary: it hands out CPU windows,
 as the Zarr store does, and checks that every tile written back was computed on the device.
 
-The exact denoiser runs (shape-only math); the ANN index (FAISS, numba) needs data and is
-not covered here, nor are the VAE codec and CLIP (text_style).
+The exact denoiser runs (shape-only math), and so does the ANN denoiser: its index is
+trained by FAISS on the CPU from stand-in data (meta patches hold none), then searched by the
+torch IVF search on the device. Not covered: the VAE codec and CLIP (text_style).
 """
 
 from __future__ import annotations
@@ -59,6 +60,61 @@ def test_a_job_built_for_a_device_computes_every_tile_there(app, on_meta):
     store = DeviceCheckStore("meta")
     generate(job, store, seed=0, sample=0, reporter=Reporter(), executor=SyncExecutor())
     assert store.writes >= sum(1 for _ in job.plan.scales)
+
+
+@pytest.fixture
+def stand_in_patches(monkeypatch):
+    """FAISS trains on host copies of the patches: meta tensors have no data, so their
+    host copies are seeded random arrays of the same shape."""
+    import numpy as np
+
+    from gigasid.core import denoisers
+
+    real = denoisers._host
+    rng = np.random.default_rng(0)
+
+    def host(t):
+        if t.device.type != "meta":
+            return real(t)
+        return rng.standard_normal(tuple(t.shape)).astype(np.float32)
+
+    monkeypatch.setattr(denoisers, "_host", host)
+
+
+@pytest.mark.parametrize("app", ["uncond", "retarget", "inpaint"])
+def test_an_ann_job_built_for_a_device_searches_and_computes_there(app, on_meta,
+                                                                   stand_in_patches):
+    from gigasid.core.denoisers import AnnDenoiser
+
+    cfg = load_config(CONFIGS / f"{app}.yaml", ["denoiser.backend=ann", "num_steps=2"])
+    job = jobmod.prepare(cfg)
+    dens = [d for d in _denoisers(job) if isinstance(d, AnnDenoiser)]
+    assert dens and all(d._search_on_device() for d in dens)
+    store = DeviceCheckStore("meta")
+    generate(job, store, seed=0, sample=0, reporter=Reporter(), executor=SyncExecutor())
+    assert store.writes >= sum(1 for _ in job.plan.scales)
+    assert all(d._device_lists().vecs_t.device.type == "meta" for d in dens)
+
+
+def _denoisers(job):
+    """Every denoiser object the job holds (found by walking its attributes)."""
+    from gigasid.core.denoisers import AnnDenoiser, ExactDenoiser, SdpaDenoiser
+
+    seen, out, todo = set(), [], [job]
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, (str, bytes, int, float)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, (AnnDenoiser, ExactDenoiser, SdpaDenoiser)):
+            out.append(o)
+        elif isinstance(o, dict):
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            todo.extend(o)
+        elif hasattr(o, "__dict__") and type(o).__module__.startswith("gigasid"):
+            todo.extend(vars(o).values())
+    return out
 
 
 def test_the_check_catches_a_tensor_left_on_the_cpu(on_meta, monkeypatch):

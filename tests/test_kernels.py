@@ -176,7 +176,7 @@ def test_compiled_ivf_search_is_exact_within_the_probed_lists(photo, use):
     g = torch.Generator().manual_seed(9)
     x = 0.9 * grid.gather(torch.randint(0, grid.n, (200,), generator=g)) + 0.1 * torch.randn(
         200, grid.dim, generator=g)
-    q = den._project_queries(x, 0.9)
+    q = den._project_queries(x, 0.9).numpy()
     layout = den._ivf_layout()
     got = kernels.ivf_search(layout, q, 3, 5)
     cent_t, starts, vecs, ids = layout
@@ -262,7 +262,7 @@ def test_grouped_coarse_search(photo, use):
     g = torch.Generator().manual_seed(4)
     x = 0.9 * grid.gather(torch.randint(0, grid.n, (300,), generator=g)) + 0.1 * torch.randn(
         300, grid.dim, generator=g)
-    q = den._project_queries(x, 0.9)
+    q = den._project_queries(x, 0.9).numpy()
     layout = den._ivf_layout()
     groups = kernels.coarse_groups(layout[0])
     sup_t, gstarts, gcent, glist = groups

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gigasid.core import kernels
+from gigasid.core import ivf, kernels
 from gigasid.errors import GigasidError
 
 BACKENDS = ("exact", "sdpa", "ann")
@@ -207,6 +207,12 @@ class AnnSettings:
         Two-level coarse step of the compiled IVF search: the centroids are clustered
         into about ``sqrt(nlist) / 2`` groups and a query scores only the centroids of its
         ``coarse_groups`` nearest groups (at least ``nprobe``); 0 scores every centroid.
+    search:
+        Where IVF-Flat and flat indexes are searched: ``auto`` (on the patches' device,
+        by :func:`gigasid.core.ivf.search`, when that is not the CPU; on the CPU by the
+        compiled kernel or FAISS), ``device`` (always the torch search, also on a CPU: the
+        plain-torch reference) or ``host`` (always on the CPU, queries copied there). IVF-PQ
+        indexes are always searched by FAISS on the CPU.
     """
 
     k: int = 5
@@ -218,6 +224,12 @@ class AnnSettings:
     train_size: int = 16384
     seed: int = 0
     coarse_groups: int = 4
+    search: str = "auto"
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A float32 tensor's data as a contiguous numpy array on the CPU (FAISS's input)."""
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
 
 class AnnDenoiser:
@@ -235,6 +247,8 @@ class AnnDenoiser:
         import faiss
 
         self.settings = s = settings or AnnSettings()
+        if s.search not in ("auto", "device", "host"):
+            raise ValueError(f"unknown ANN search place {s.search!r} (auto, device, host)")
         self._faiss = faiss
         self.src = MatrixSource(dataset) if isinstance(dataset, torch.Tensor) else dataset
         self.n, self.dim = self.src.n, self.src.dim
@@ -279,12 +293,12 @@ class AnnDenoiser:
         search_dim = self.proj.shape[1] if self.proj is not None else self.dim
         self.index = _build_index(faiss, s, self.n, search_dim)
         if not self.index.is_trained:
-            self.index.train(np.ascontiguousarray(self._project(sample).cpu().numpy()))
+            self.index.train(_host(self._project(sample)))
         del sample  # tens of thousands of full patches: not held while the index grows
         # Add in blocks: projecting all N patches at once would hold a second (N, D) copy.
         for a in range(0, self.n, 32768):
             block = self.src.block(a, min(self.n, a + 32768))
-            self.index.add(np.ascontiguousarray(self._project(block).cpu().numpy()))
+            self.index.add(_host(self._project(block)))
 
     def _save(self, path: str) -> None:
         """Write the index (and PCA basis) atomically, so workers can memory-map it."""
@@ -312,8 +326,8 @@ class AnnDenoiser:
             return v.contiguous()
         return ((v - self.mu) @ self.proj).contiguous()
 
-    def _project_queries(self, x: torch.Tensor, alpha: float) -> np.ndarray:
-        """``P(x / alpha - mu)`` as one GEMM: ``(x @ V) / alpha - mu @ V``.
+    def _project_queries(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        """``P(x / alpha - mu)`` as one GEMM: ``(x @ V) / alpha - mu @ V``, on ``x``'s device.
 
         A float32 GEMM rounds differently for batches of a few rows (as at a tile's edge)
         than for large ones, which could flip a near-tied candidate: small batches are
@@ -321,14 +335,14 @@ class AnnDenoiser:
         """
         x = x.to(torch.float32)
         if self.proj is None:
-            return (x / alpha).cpu().numpy()
+            return x / alpha
         if not hasattr(self, "_mu_proj"):
             self._mu_proj = self.mu @ self.proj
         m = x.shape[0]
         if m < MIN_GEMM_ROWS:
             x = torch.cat([x, x.new_zeros(MIN_GEMM_ROWS - m, x.shape[1])])
         q = torch.addmm(self._mu_proj, x, self.proj, beta=-1.0, alpha=1.0 / alpha)
-        return q[:m].contiguous().cpu().numpy()
+        return q[:m].contiguous()
 
     def _coarse(self, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``nprobe`` nearest IVF lists of each query, independent of the batch.
@@ -371,7 +385,9 @@ class AnnDenoiser:
         Queries whose probed lists hold fewer than ``k`` patches are searched again with
         4x the lists (up to all of them) instead of failing.
         """
-        q = self._project_queries(x, alpha)
+        if self._search_on_device():
+            return self._search_device(self._project_queries(x, alpha))
+        q = _host(self._project_queries(x, alpha))
         nprobe = getattr(self.index, "nprobe", None)
         if nprobe is not None:
             nprobe = min(nprobe, self.index.nlist)
@@ -389,6 +405,44 @@ class AnnDenoiser:
                 "lower denoiser.k"
             )
         return torch.from_numpy(idx).to(x.device)
+
+    def _search_on_device(self) -> bool:
+        """Whether :meth:`search` runs the torch search (see :attr:`AnnSettings.search`)."""
+        where = self.settings.search
+        listed = isinstance(self.index, (self._faiss.IndexIVFFlat, self._faiss.IndexFlat))
+        if where == "host" or not listed:
+            return False
+        return where == "device" or self.src.device.type != "cpu"
+
+    def _search_device(self, q: torch.Tensor) -> torch.Tensor:
+        """:meth:`search` by :func:`ivf.search` on the queries' device (same widening)."""
+        lists = self._device_lists()
+        nprobe = min(getattr(self.index, "nprobe", 1), lists.nlist)
+        idx = ivf.search(lists, q, nprobe, self.k)
+        if q.device.type == "meta":  # no data: nothing to check or widen
+            return idx
+        while nprobe < lists.nlist and bool((idx < 0).any()):
+            nprobe = min(lists.nlist, nprobe * 4)
+            rows = (idx < 0).any(dim=1).nonzero().squeeze(1)
+            idx[rows] = ivf.search(lists, q[rows], nprobe, self.k)
+        if bool((idx < 0).any()):
+            raise GigasidError(
+                f"ANN search returned fewer than k={self.k} neighbours for some queries; "
+                "lower denoiser.k"
+            )
+        return idx
+
+    def _device_lists(self) -> ivf.IvfLists:
+        """The index's lists as tensors on the patches' device (built once)."""
+        if not hasattr(self, "_lists"):
+            dev = self.src.device
+            if isinstance(self.index, self._faiss.IndexIVFFlat):
+                layout = self._ivf_layout() or kernels.ivf_layout(self.index)
+                self._lists = ivf.from_layout(*layout, device=dev)
+            else:
+                rows = torch.from_numpy(self.index.reconstruct_n(0, self.index.ntotal))
+                self._lists = ivf.flat(rows, device=dev)
+        return self._lists
 
     def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
         if alpha == 0.0:

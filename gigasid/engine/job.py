@@ -358,7 +358,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     d = cfg.denoiser
     ann = AnnSettings(k=d.k, index=d.index, nlist=d.nlist, nprobe=d.nprobe, pq_m=d.pq_m,
                       pca_dim=d.pca_dim, train_size=d.train_size, seed=cfg.seed,
-                      coarse_groups=d.coarse_groups)
+                      coarse_groups=d.coarse_groups, search=d.search)
     for name, spec in app.datasets(view).items():
         for s in sorted(spec.images):
             sp = plan.scales[s]
