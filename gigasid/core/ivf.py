@@ -67,14 +67,15 @@ def from_layout(cent_t: np.ndarray, starts: np.ndarray, vecs: np.ndarray, ids: n
     """:class:`IvfLists` on ``device`` from the compiled kernel's layout
     (:func:`gigasid.core.kernels.ivf_layout`: each list a transposed ``(d, len)`` block)."""
     d, nlist = cent_t.shape
-    starts = np.asarray(starts, dtype=np.int64)
+    # copies: the layout may be read-only memory-mapped files, which torch cannot wrap
+    starts = np.array(starts, dtype=np.int64)
     vecs_t = np.empty((d, int(starts[-1])), dtype=np.float32)
     for li in range(nlist):
         s0, s1 = int(starts[li]), int(starts[li + 1])
         vecs_t[:, s0:s1] = np.asarray(vecs[s0 * d : s1 * d]).reshape(d, s1 - s0)
-    return _lists(torch.from_numpy(np.ascontiguousarray(cent_t, dtype=np.float32)),
+    return _lists(torch.from_numpy(np.array(cent_t, dtype=np.float32)),
                   torch.from_numpy(starts), torch.from_numpy(vecs_t),
-                  torch.from_numpy(np.asarray(ids, dtype=np.int64)), device)
+                  torch.from_numpy(np.array(ids, dtype=np.int64)), device)
 
 
 def flat(rows: torch.Tensor, device: torch.device | str | None = None) -> IvfLists:
