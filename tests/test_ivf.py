@@ -120,3 +120,33 @@ def test_an_unknown_search_place_is_a_config_error():
     with pytest.raises(ConfigError, match="denoiser.search"):
         load_config(cfg, ["denoiser.search=gpu"])
     assert load_config(cfg, ["denoiser.search=device"]).denoiser.search == "device"
+
+
+def _faiss_gpu() -> bool:
+    import faiss
+
+    return (torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources")
+            and faiss.get_num_gpus() > 0)
+
+
+def test_ivfpq_stays_on_the_host_without_a_faiss_gpu_build(photo):
+    grid = P.PatchGrid(photo[:, :48, :48], 5, 1)
+    den = AnnDenoiser(grid, AnnSettings(k=4, index="ivfpq", pca_dim=16, pq_m=8))
+    assert not den._search_on_device() and den._gpu_index() is None
+    assert den.search(_queries(grid, 20, 1), 0.9).shape == (20, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _faiss_gpu(), reason="needs CUDA and a FAISS build with GPU support")
+def test_ivfpq_on_a_cuda_job_is_searched_by_faiss_on_the_gpu(photo):
+    """The GPU copy of an IVF-PQ index returns (nearly) the CPU index's candidates."""
+    grid = P.PatchGrid(photo[:, :96, :96], 7, 1)
+    s = AnnSettings(k=5, index="ivfpq", pca_dim=32, pq_m=16)
+    x = _queries(grid, 500, 6)
+    cpu = AnnDenoiser(grid, s).search(x, 0.9)
+    gpu_den = AnnDenoiser(P.PatchGrid(photo[:, :96, :96].cuda(), 7, 1), s)
+    assert gpu_den._gpu_index() is not None
+    got = gpu_den.search(x.cuda(), 0.9).cpu()
+    pairs = zip(cpu.tolist(), got.tolist(), strict=True)
+    same = np.mean([len(set(a) & set(b)) / 5 for a, b in pairs])
+    assert same > 0.9

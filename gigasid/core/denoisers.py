@@ -212,7 +212,8 @@ class AnnSettings:
         by :func:`gigasid.core.ivf.search`, when that is not the CPU; on the CPU by the
         compiled kernel or FAISS), ``device`` (always the torch search, also on a CPU: the
         plain-torch reference) or ``host`` (always on the CPU, queries copied there). IVF-PQ
-        indexes are always searched by FAISS on the CPU.
+        indexes are searched by FAISS: on the GPU for a CUDA job where FAISS has GPU
+        support, else on the CPU.
     """
 
     k: int = 5
@@ -368,6 +369,9 @@ class AnnDenoiser:
     def _search(self, q: np.ndarray, nprobe: int | None) -> np.ndarray:
         if nprobe is None:  # a flat index: exhaustive search
             return self.index.search(q, self.k)[1]
+        if self._gpu_index() is not None:
+            self._gpu.nprobe = nprobe
+            return self._gpu.search(q, self.k)[1]
         if kernels.mode() == "numba" and self._ivf_layout() is not None:
             return kernels.ivf_search(self._ivf_layout(), q, nprobe, self.k,
                                       self._coarse_groups(), self.settings.coarse_groups)
@@ -378,6 +382,23 @@ class AnnDenoiser:
             return self.index.search_preassigned(q, self.k, lists, dists)[1]
         finally:
             self.index.nprobe = self.settings.nprobe
+
+    def _gpu_index(self):
+        """A FAISS GPU copy of an IVF-PQ index, for a CUDA job whose FAISS was built with
+        GPU support (the ``gpu`` extra), else None (FAISS then searches on the CPU).
+
+        As in the reference: float32 storage, the CPU index's lists and codes. FAISS's GPU
+        coarse step is a GEMM, so unlike the CPU search its lists can depend on the batch.
+        """
+        if not hasattr(self, "_gpu"):
+            self._gpu, f, dev = None, self._faiss, self.src.device
+            if (dev.type == "cuda" and isinstance(self.index, f.IndexIVFPQ)
+                    and hasattr(f, "StandardGpuResources") and f.get_num_gpus() > 0):
+                self._gpu_res = f.StandardGpuResources()
+                opts = f.GpuClonerOptions()
+                opts.useFloat16 = False
+                self._gpu = f.index_cpu_to_gpu(self._gpu_res, dev.index or 0, self.index, opts)
+        return self._gpu
 
     def search(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
         """Indices ``(M, k)`` of the candidates for queries ``x`` at signal level ``alpha``.
