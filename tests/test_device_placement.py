@@ -97,24 +97,8 @@ def test_an_ann_job_built_for_a_device_searches_and_computes_there(app, on_meta,
 
 
 def _denoisers(job):
-    """Every denoiser object the job holds (found by walking its attributes)."""
-    from gigasid.core.denoisers import AnnDenoiser, ExactDenoiser, SdpaDenoiser
-
-    seen, out, todo = set(), [], [job]
-    while todo:
-        o = todo.pop()
-        if id(o) in seen or isinstance(o, (str, bytes, int, float)):
-            continue
-        seen.add(id(o))
-        if isinstance(o, (AnnDenoiser, ExactDenoiser, SdpaDenoiser)):
-            out.append(o)
-        elif isinstance(o, dict):
-            todo.extend(o.values())
-        elif isinstance(o, (list, tuple)):
-            todo.extend(o)
-        elif hasattr(o, "__dict__") and type(o).__module__.startswith("gigasid"):
-            todo.extend(vars(o).values())
-    return out
+    """Every scale's denoisers (the job's contexts hold them by dataset name)."""
+    return [d for c in job.contexts for d in c.denoisers.values()]
 
 
 def test_the_check_catches_a_tensor_left_on_the_cpu(on_meta, monkeypatch):

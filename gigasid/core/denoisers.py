@@ -406,26 +406,38 @@ class AnnDenoiser:
         Queries whose probed lists hold fewer than ``k`` patches are searched again with
         4x the lists (up to all of them) instead of failing.
         """
+        q = self._project_queries(x, alpha)
         if self._search_on_device():
-            return self._search_device(self._project_queries(x, alpha))
-        q = _host(self._project_queries(x, alpha))
-        nprobe = getattr(self.index, "nprobe", None)
+            lists = self._device_lists()
+            nprobe = min(getattr(self.index, "nprobe", 1), lists.nlist)
+            idx = ivf.search(lists, q, nprobe, self.k)
+            if q.device.type == "meta":  # no data: nothing to check or widen
+                return idx
+            return self._widened(idx, nprobe, lists.nlist,
+                                 lambda rows, p: ivf.search(lists, q[rows], p, self.k))
+        q = _host(q)
+        nlist = getattr(self.index, "nlist", 1)
+        nprobe = getattr(self.index, "nprobe", None)  # None: a flat index
         if nprobe is not None:
-            nprobe = min(nprobe, self.index.nlist)
-        idx = self._search(q, nprobe)
-        while nprobe is not None and (idx < 0).any():
-            nlist = self.index.nlist
-            if nprobe >= nlist:
-                break
+            nprobe = min(nprobe, nlist)
+        idx = torch.from_numpy(self._search(q, nprobe))
+        idx = self._widened(idx, nprobe or nlist, nlist, lambda rows, p: torch.from_numpy(
+            self._search(np.ascontiguousarray(q[rows.numpy()]), p)))
+        return idx.to(x.device)
+
+    def _widened(self, idx: torch.Tensor, nprobe: int, nlist: int, find) -> torch.Tensor:
+        """``idx`` with the rows that lack ``k`` candidates searched again, with 4x the
+        lists each time (``find(rows, nprobe)``), up to all of them."""
+        while nprobe < nlist and bool((idx < 0).any()):
             nprobe = min(nlist, nprobe * 4)
-            rows = np.nonzero((idx < 0).any(axis=1))[0]
-            idx[rows] = self._search(np.ascontiguousarray(q[rows]), nprobe)
-        if (idx < 0).any():
+            rows = (idx < 0).any(dim=1).nonzero().squeeze(1)
+            idx[rows] = find(rows, nprobe)
+        if bool((idx < 0).any()):
             raise GigasidError(
                 f"ANN search returned fewer than k={self.k} neighbours for some queries; "
                 "lower denoiser.k"
             )
-        return torch.from_numpy(idx).to(x.device)
+        return idx
 
     def _search_on_device(self) -> bool:
         """Whether :meth:`search` runs the torch search (see :attr:`AnnSettings.search`)."""
@@ -434,24 +446,6 @@ class AnnDenoiser:
         if where == "host" or not listed:
             return False
         return where == "device" or self.src.device.type != "cpu"
-
-    def _search_device(self, q: torch.Tensor) -> torch.Tensor:
-        """:meth:`search` by :func:`ivf.search` on the queries' device (same widening)."""
-        lists = self._device_lists()
-        nprobe = min(getattr(self.index, "nprobe", 1), lists.nlist)
-        idx = ivf.search(lists, q, nprobe, self.k)
-        if q.device.type == "meta":  # no data: nothing to check or widen
-            return idx
-        while nprobe < lists.nlist and bool((idx < 0).any()):
-            nprobe = min(lists.nlist, nprobe * 4)
-            rows = (idx < 0).any(dim=1).nonzero().squeeze(1)
-            idx[rows] = ivf.search(lists, q[rows], nprobe, self.k)
-        if bool((idx < 0).any()):
-            raise GigasidError(
-                f"ANN search returned fewer than k={self.k} neighbours for some queries; "
-                "lower denoiser.k"
-            )
-        return idx
 
     def _device_lists(self) -> ivf.IvfLists:
         """The index's lists as tensors on the patches' device (built once)."""
