@@ -1,10 +1,12 @@
 """numba bodies of :mod:`gigasid.core.kernels` (imported only when numba is installed).
 
 Every loop runs in a fixed order per query (per output band), so a result never depends on
-how many queries or rows a call holds, nor on where they lie in memory. ``fastmath`` is off
-except for one reassociated sum (:func:`_sq_dist`, fixed by the compiled code): the fold's
-additions are neither reordered nor contracted into fused multiply-adds, which keeps
-:func:`fold` bit-identical to the torch reference"""
+how many queries or rows a call holds, nor on where they lie in memory, nor on the thread
+count or the CPU: ``fastmath`` is off everywhere, so no sum is reordered by the compiler and
+no product is contracted into a fused multiply-add (whose rounding differs), and every
+parallel loop splits work into pieces that each compute whole results. This keeps
+:func:`fold` bit-identical to the torch reference and every kernel identical across AVX2,
+AVX-512 and generic builds (``NUMBA_CPU_NAME=generic``)."""
 
 from __future__ import annotations
 
@@ -17,16 +19,39 @@ BLOCK = 64
 _OPTS = {"nogil": True, "cache": True, "error_model": "numpy", "parallel": True}
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
-def _sq_dist(x, c, alpha):  # pragma: no cover
-    """``||x - alpha c||^2`` of two float32 vectors, from direct differences.
+#: Partial sums of :func:`_sq_dist` (a fixed number: the order of the additions must not
+#: depend on the CPU's vector width).
+LANES = 64
 
-    The only reassociated sum in this module (so that it vectorises): its order is fixed by
-    the compiled code and the vector length, never by where the vectors lie in a batch.
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _sq_dist(x, c, alpha, sq):  # pragma: no cover
+    """``||x - alpha c||^2`` of two float32 vectors, from direct differences, in an order
+    written out here (``sq``: float32 scratch of at least ``len(x)`` values).
+
+    The squared differences of the whole blocks of :data:`LANES` dimensions are folded
+    onto ``LANES`` partial sums (block after block), which are joined by halving; the last
+    dimensions are then added one by one. Every step of the fold is a plain element-wise
+    addition, so it vectorises without reassociation: a reassociated loop is summed in the
+    order of whatever vector width and unrolling the compiler picks for the host CPU (AVX2
+    and AVX-512 hosts would then disagree in the last bit).
     """
     a = np.float32(alpha)
-    d = np.float32(0.0)
-    for e in range(x.shape[0]):
+    n = x.shape[0]
+    full = (n // LANES) * LANES
+    for e in range(full):
+        t = x[e] - a * c[e]
+        sq[e] = t * t
+    for b in range(LANES, full, LANES):
+        for j in range(LANES):
+            sq[j] += sq[b + j]
+    h = LANES // 2
+    while h >= 1:
+        for j in range(h):
+            sq[j] += sq[j + h]
+        h //= 2
+    d = sq[0] if full else np.float32(0.0)
+    for e in range(full, n):
         t = x[e] - a * c[e]
         d += t * t
     return d
@@ -63,6 +88,7 @@ def reweight(x, cand, base, offs, kind, image, row_len, alpha, inv, out):  # pra
     for blk in numba.prange((m + BLOCK - 1) // BLOCK):
         buf = np.empty((k, dim), dtype=np.float32)
         flat = buf.reshape(-1)
+        sq = np.empty(dim, dtype=np.float32)
         w = np.empty(k, dtype=np.float64)
         for i in range(blk * BLOCK, min(m, (blk + 1) * BLOCK)):
             # The k candidates, copied into one contiguous block that stays in L1 for the
@@ -78,22 +104,71 @@ def reweight(x, cand, base, offs, kind, image, row_len, alpha, inv, out):  # pra
             # Distances from direct differences: no expansion, so no cancellation at small
             # sigma, where the softmax is decided by tiny differences.
             for j in range(k):
-                w[j] = _sq_dist(x[i], buf[j], alpha)
-            lo = w[0]
-            for j in range(1, k):
-                lo = min(lo, w[j])
-            total = 0.0
-            for j in range(k):
-                w[j] = np.exp(-(w[j] - lo) * inv)
-                total += w[j]
-            row = out[i]
-            w0 = np.float32(w[0] / total)
+                w[j] = _sq_dist(x[i], buf[j], alpha, sq)
+            _softmax_sum(w, buf, inv, out[i])
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _softmax_sum(w, rows, inv, out):  # pragma: no cover
+    """``out = sum_j softmax_j(-w * inv) rows[j]``, given squared distances ``w`` (float64,
+    overwritten) of the ``rows`` ``(k, D)``; weights in float64, rounded once to float32, rows
+    added in ``j`` order (a row whose weight rounds to zero is skipped)."""
+    k, dim = rows.shape
+    lo = w[0]
+    for j in range(1, k):
+        lo = min(lo, w[j])
+    total = 0.0
+    for j in range(k):
+        w[j] = np.exp(-(w[j] - lo) * inv)
+        total += w[j]
+    w0 = np.float32(w[0] / total)
+    for e in range(dim):
+        out[e] = w0 * rows[0, e]
+    for j in range(1, k):
+        wj = np.float32(w[j] / total)
+        if wj == 0.0:
+            continue
+        for e in range(dim):
+            out[e] += wj * rows[j, e]
+
+
+@numba.njit(**_OPTS)
+def exact_denoise(x, y, alpha, inv, out):  # pragma: no cover
+    """The exact denoiser over every patch: ``out[i] = sum_j softmax_j(-||x_i - alpha y_j||^2
+    inv) y_j`` with ``inv = 1 / (2 sigma^2)``, each distance from direct differences
+    (:func:`_sq_dist`) and each sum in a fixed order, so unlike a GEMM the result is the
+    same for any batch, thread count and CPU."""
+    m = x.shape[0]
+    n = y.shape[0]
+    for blk in numba.prange((m + BLOCK - 1) // BLOCK):
+        w = np.empty(n, dtype=np.float64)
+        sq = np.empty(x.shape[1], dtype=np.float32)
+        for i in range(blk * BLOCK, min(m, (blk + 1) * BLOCK)):
+            for j in range(n):
+                w[j] = _sq_dist(x[i], y[j], alpha, sq)
+            _softmax_sum(w, y, inv, out[i])
+
+
+@numba.njit(**_OPTS)
+def project(x, basis, scale, shift, out):  # pragma: no cover
+    """``out[i] = scale * (x[i] @ basis) - shift`` (float32), each of the ``d`` sums added in
+    dimension order (vectorised over the ``d`` outputs): the ANN search's PCA projection,
+    the same for any batch, thread count and CPU, where a GEMM's blocking of the sums and
+    its fused multiply-adds depend on all three."""
+    m, dim = x.shape
+    d = basis.shape[1]
+    s = np.float32(scale)
+    for blk in numba.prange((m + BLOCK - 1) // BLOCK):
+        acc = np.empty(d, dtype=np.float32)
+        for i in range(blk * BLOCK, min(m, (blk + 1) * BLOCK)):
+            acc[:] = 0.0
             for e in range(dim):
-                row[e] = w0 * buf[0, e]
-            for j in range(1, k):
-                wj = np.float32(w[j] / total)
-                for e in range(dim):
-                    row[e] += wj * buf[j, e]
+                xe = x[i, e]
+                row = basis[e]
+                for c in range(d):
+                    acc[c] += xe * row[c]
+            for c in range(d):
+                out[i, c] = s * acc[c] - shift[c]
 
 
 @numba.njit(**_OPTS)
@@ -104,9 +179,11 @@ def sq_dists(x, y, top, alpha, out):  # pragma: no cover
     row, no ``(m, k, D)`` temporaries.
     """
     m, k = top.shape
-    for i in numba.prange(m):
-        for j in range(k):
-            out[i, j] = _sq_dist(x[i], y[top[i, j]], alpha)
+    for blk in numba.prange((m + BLOCK - 1) // BLOCK):
+        sq = np.empty(x.shape[1], dtype=np.float32)
+        for i in range(blk * BLOCK, min(m, (blk + 1) * BLOCK)):
+            for j in range(k):
+                out[i, j] = _sq_dist(x[i], y[top[i, j]], alpha, sq)
 
 
 @numba.njit(**_OPTS)

@@ -33,12 +33,7 @@ BACKENDS = ("exact", "sdpa", "ann")
 
 
 def _dataset_mean(y: torch.Tensor, block: int = 16384) -> torch.Tensor:
-    # Accumulate in float64 so millions of rows do not drift; in blocks, so no float64 copy
-    # of the whole dataset is ever made.
-    total = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
-    for a in range(0, y.shape[0], block):
-        total += y[a : a + block].to(torch.float64).sum(dim=0)
-    return total / y.shape[0]
+    return _source_mean(MatrixSource(y), block)
 
 
 class MatrixSource:
@@ -57,19 +52,28 @@ class MatrixSource:
 
 
 def _source_mean(src, block: int = 16384) -> torch.Tensor:
-    """Float64 mean patch of a source, block by block."""
-    total = torch.zeros(src.dim, dtype=torch.float64, device=src.device)
+    """Float64 mean patch of a source, block by block (no float64 copy of the whole
+    dataset), rows added one after another: numpy's reduction over the first axis has that
+    fixed order, where torch's can split the rows between threads."""
+    if src.device.type != "cpu":  # a device's own reduction (no copy to the host)
+        total = torch.zeros(src.dim, dtype=torch.float64, device=src.device)
+        for a in range(0, src.n, block):
+            total += src.block(a, min(src.n, a + block)).to(torch.float64).sum(dim=0)
+        return total / src.n
+    total = np.zeros(src.dim, dtype=np.float64)
     for a in range(0, src.n, block):
-        total += src.block(a, min(src.n, a + block)).to(torch.float64).sum(dim=0)
-    return total / src.n
+        rows = src.block(a, min(src.n, a + block)).to(torch.float64).numpy()
+        total += np.add.reduce(rows, axis=0)
+    return torch.from_numpy(total / src.n)
 
 
 #: The exact backend re-scores its k best candidates per query from direct differences.
 REFINE_K = 8
+
+
 #: Query batches are padded to at least this many rows before a float32 GEMM (see
 #: :meth:`AnnDenoiser._project_queries`).
 MIN_GEMM_ROWS = 64
-
 
 #: Largest IVF-Flat index (list bytes) that the compiled search copies into its layout.
 IVF_KERNEL_MAX_BYTES = 256 * 2**20
@@ -80,11 +84,14 @@ def _rows_per_chunk(n: int, budget_bytes: int, bytes_per_entry: int = 8) -> int:
 
 
 class ExactDenoiser:
-    """Exact closed-form denoiser: chunked GEMM + softmax over every reference patch.
+    """Exact closed-form denoiser: softmax over every reference patch.
 
-    The ``REFINE_K`` best candidates of each query are re-scored from direct differences
-    (no expansion), which makes small-sigma results accurate and independent of how many
-    queries a call holds (i.e. of the tiling).
+    On the CPU (float32, compiled kernels) every distance comes from direct differences and
+    every sum runs in a fixed order (:func:`gigasid.core.kernels.exact_denoise`): the same
+    bits on any thread count and CPU. Elsewhere (a GPU, ``bfloat16``, or without numba) it is
+    a chunked GEMM + softmax, where the ``REFINE_K`` best candidates of each query are
+    re-scored from direct differences (no expansion), which makes small-sigma results
+    accurate and independent of how many queries a call holds (i.e. of the tiling).
 
     Parameters
     ----------
@@ -113,6 +120,11 @@ class ExactDenoiser:
     def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
         if alpha == 0.0:
             return self.mean.to(x.dtype).expand(x.shape[0], -1).clone()
+        if self.compute_dtype == torch.float32 and kernels.enabled(self.y32):
+            # On the CPU: every distance from direct differences and every sum in a fixed
+            # order, so the bits do not depend on the thread count or the CPU's GEMM kernels.
+            return kernels.exact_denoise(x.to(torch.float32), self.y32, alpha,
+                                         sigma).to(x.dtype)
         out = torch.empty(x.shape[0], self.dim, dtype=torch.float32, device=x.device)
         inv = 1.0 / (sigma * sigma)
         # logit_j = (x . alpha y_j - alpha^2 ||y_j||^2 / 2) / sigma^2; ||x||^2 cancels.
@@ -283,12 +295,8 @@ class AnnDenoiser:
         # PCA basis of the search space, from the covariance of a seeded sample. float32
         # is plenty for a basis that only ranks candidates (their weights are exact).
         if 0 < s.pca_dim < self.dim:
-            sd = sample[:: max(1, sample.shape[0] // 8192)].to(torch.float32)
-            mu = sd.mean(dim=0)
-            cov = ((sd - mu).T @ (sd - mu)).to(torch.float64)
-            _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
-            self.mu = mu.to(torch.float32)
-            self.proj = vecs[:, -s.pca_dim :].flip(1).contiguous().to(torch.float32)  # (D, d)
+            mu, proj = _pca_basis(_host(sample[:: max(1, sample.shape[0] // 8192)]), s.pca_dim)
+            self.mu, self.proj = mu.to(self.src.device), proj.to(self.src.device)
         else:
             self.mu, self.proj = None, None
         search_dim = self.proj.shape[1] if self.proj is not None else self.dim
@@ -325,20 +333,30 @@ class AnnDenoiser:
         v = v.to(torch.float32)
         if self.proj is None:
             return v.contiguous()
+        if kernels.enabled(v):  # fixed order: the index's vectors are the same everywhere
+            return kernels.project(v - self.mu, self.proj)
         return ((v - self.mu) @ self.proj).contiguous()
 
     def _project_queries(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        """``P(x / alpha - mu)`` as one GEMM: ``(x @ V) / alpha - mu @ V``, on ``x``'s device.
+        """``P(x / alpha - mu)`` computed as ``(x @ V) / alpha - mu @ V``, on ``x``'s device.
 
-        A float32 GEMM rounds differently for batches of a few rows (as at a tile's edge)
-        than for large ones, which could flip a near-tied candidate: small batches are
-        padded to :data:`MIN_GEMM_ROWS` rows, so every row takes the same kernel path.
+        On the CPU (compiled kernels) every sum runs in dimension order, so a near-tied
+        candidate never flips with the batch (a tile's edge), the thread count or the CPU.
+        Elsewhere it is one GEMM, which rounds differently for batches of a few rows than
+        for large ones: small batches are padded to :data:`MIN_GEMM_ROWS` rows, so every
+        row takes the same kernel path.
         """
         x = x.to(torch.float32)
         if self.proj is None:
             return x / alpha
         if not hasattr(self, "_mu_proj"):
-            self._mu_proj = self.mu @ self.proj
+            # mu @ V in float64, rows added in order, rounded once
+            terms = (_host(self.mu).astype(np.float64)[:, None]
+                     * _host(self.proj).astype(np.float64))
+            self._mu_proj = torch.from_numpy(np.add.reduce(terms, axis=0)).to(
+                torch.float32).to(self.proj.device)
+        if kernels.enabled(x):
+            return kernels.project(x, self.proj, 1.0 / alpha, self._mu_proj)
         m = x.shape[0]
         if m < MIN_GEMM_ROWS:
             x = torch.cat([x, x.new_zeros(MIN_GEMM_ROWS - m, x.shape[1])])
@@ -540,6 +558,33 @@ class AnnDenoiser:
         if not hasattr(self, "_kernel_layout"):
             self._kernel_layout = kernels.source_layout(self.src)
         return self._kernel_layout
+
+
+def _pca_basis(sample: np.ndarray, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, V)``: the mean ``(D,)`` and the top ``dim`` principal directions ``(D, dim)``
+    (columns, largest variance first) of ``sample`` ``(n, D)``, float32 on the CPU.
+
+    Computed in float64 and rounded once, so a last-bit difference of the arithmetic (another
+    BLAS kernel) almost never reaches the float32 basis; the eigensolver runs on one thread,
+    and each direction's sign (which LAPACK leaves free) is fixed: its largest entry
+    positive. The basis only ranks candidates: their weights
+    are exact.
+    """
+    from threadpoolctl import threadpool_limits
+
+    sd = sample.astype(np.float64)
+    mu = np.add.reduce(sd, axis=0) / sd.shape[0]
+    c = sd - mu
+    # OpenBLAS splits a product's rows and columns between threads, never its sums; the
+    # eigensolver's matrix-vector steps may split sums, so it runs on one thread.
+    cov = c.T @ c
+    with threadpool_limits(1, user_api="blas"):
+        _, vecs = np.linalg.eigh(cov)  # ascending eigenvalues
+    vecs = vecs[:, ::-1][:, :dim]
+    big = np.abs(vecs).argmax(axis=0)
+    vecs = vecs * np.sign(vecs[big, np.arange(dim)])
+    return (torch.from_numpy(mu.astype(np.float32)),
+            torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32)))
 
 
 def _build_index(faiss, s: AnnSettings, n: int, dim: int):

@@ -11,8 +11,12 @@ reference; these kernels compute the same things in one pass over memory:
 * :func:`ivf_search` - IVF-Flat retrieval (coarse lists and list scan) from direct
   differences, independent of the batch by construction; FAISS's own search needs a
   shortlist re-ranked pair by pair for that (see ``AnnDenoiser._coarse``).
-* :func:`sq_dists` - the exact denoiser's re-scoring of its best candidates from direct
-  differences, without the ``(m, k, D)`` gather and difference tensors.
+* :func:`exact_denoise` - the exact denoiser over every patch, distances from direct
+  differences and every sum in a fixed order (a GEMM's rounding depends on the thread
+  count, the batch and the CPU's kernels).
+* :func:`project` - the ANN search's PCA projection in a fixed order (same reason).
+* :func:`sq_dists` - squared distances to given candidates from direct differences,
+  without the ``(m, k, D)`` gather and difference tensors.
 * :func:`resample_axis` - one axis of the tap-based resampling (pyramid, blend), summing
   each output's taps in the reference's order straight into the result.
 * :func:`gaussian` - the counter-based noise, hashed and transformed pixel by pixel.
@@ -22,7 +26,8 @@ reference; these kernels compute the same things in one pass over memory:
   it adds (the weighted patches are never written out).
 
 All are per-query / per-row loops in a fixed order: their result never depends on how many
-queries or rows a call holds, which keeps tiling invariance exact.
+queries or rows a call holds, nor on the thread count or the CPU, which keeps tiling
+invariance exact and a job's bytes the same on every machine.
 
 numba is a dependency (wheels on the package index, no compiler) but optional: without it,
 or with ``GIGASID_KERNELS=torch`` in the environment, the torch reference runs instead; this is
@@ -134,6 +139,33 @@ def sq_dists(x: torch.Tensor, y: torch.Tensor, top: torch.Tensor, alpha: float) 
         _threads(nk.numba)
         nk.sq_dists(x.contiguous().numpy(), y.contiguous().numpy(),
                     top.to(torch.int64).contiguous().numpy(), float(alpha), out.numpy())
+    return out
+
+
+def exact_denoise(x: torch.Tensor, y: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """The exact denoiser's estimate ``(m, D)`` for float32 CPU queries ``x`` over every row
+    of ``y`` ``(N, D)``, in a fixed order: see :func:`_numba_kernels.exact_denoise`."""
+    nk = _compiled()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    with _LOCK:
+        _threads(nk.numba)
+        nk.exact_denoise(x.contiguous().numpy(), y.contiguous().numpy(), float(alpha),
+                         1.0 / (2.0 * sigma * sigma), out.numpy())
+    return out
+
+
+def project(x: torch.Tensor, basis: torch.Tensor, scale: float = 1.0,
+            shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale * (x @ basis) - shift`` for float32 CPU tensors, each sum in dimension order
+    (:func:`_numba_kernels.project`): the same bits for any batch, thread count and CPU."""
+    nk = _compiled()
+    out = torch.empty((x.shape[0], basis.shape[1]), dtype=torch.float32)
+    sh = torch.zeros(basis.shape[1]) if shift is None else shift
+    with _LOCK:
+        _threads(nk.numba)
+        nk.project(x.to(torch.float32).contiguous().numpy(),
+                   basis.to(torch.float32).contiguous().numpy(), float(scale),
+                   sh.to(torch.float32).contiguous().numpy(), out.numpy())
     return out
 
 
