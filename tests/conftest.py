@@ -79,3 +79,24 @@ def kill_cli_when(args, ready, timeout: float = 120) -> bool:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     return was_running
+
+
+@pytest.fixture(scope="session")
+def vae_dirs(tmp_path_factory):
+    """A 3-block AutoencoderKL (GroupNorm, mid-block attention, factor 4) and an
+    AutoencoderTiny (factor 4), random weights, as model directories."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    root = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    kl = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3,
+                       up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
+                       layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                       scaling_factor=0.5, shift_factor=0.1, use_quant_conv=False,
+                       use_post_quant_conv=False)
+    kl.save_pretrained(root / "kl" / "vae")  # a hub-like layout: the VAE in a subfolder
+    tiny = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8),
+                           decoder_block_out_channels=(8, 8, 8), num_encoder_blocks=(1, 1, 1),
+                           num_decoder_blocks=(1, 1, 1), latent_channels=4)
+    tiny.save_pretrained(root / "tiny")
+    return {"kl": root / "kl", "tiny": root / "tiny"}
