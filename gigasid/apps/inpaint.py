@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 
 from gigasid.apps.base import App, DatasetSpec, JobView, ScaleProgram
-from gigasid.apps.known import excluded_mask, generated_mask, hole_shares, known_program
+from gigasid.apps.known import (
+    excluded_mask,
+    generated_mask,
+    hole_shares,
+    known_program,
+    known_pyramid,
+)
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
 
@@ -94,7 +100,11 @@ class Inpaint(App):
         if bool(hole.all()):
             raise InputError(f"mask {path} covers the whole input: nothing is left to learn "
                              "from (use app: uncond)")
-        shares = hole_shares(hole, [sp.shape for sp in view.plan.scales])
+        shapes = [sp.shape for sp in view.plan.scales]
+        shares = hole_shares(hole, shapes)
+        # the known image at every level from the known pixels alone: what the hole holds
+        # (the object to remove) is not held as known next to it at the coarse levels
+        self.known = known_pyramid(view.references[0][0], hole, shapes)
         self.holes = [generated_mask(sh, s == 0) for s, sh in enumerate(shares)]
         self.excluded = [excluded_mask(sh) for sh in shares]
 
@@ -105,7 +115,7 @@ class Inpaint(App):
         return {"main": spec}
 
     def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
-        return known_program(view, scale, seed, view.references[0][scale], self.holes[scale],
+        return known_program(view, scale, seed, self.known[scale], self.holes[scale],
                              view.settings.inpaint.start_noise,
                              hold=scale > 0 or view.settings.inpaint.hold_finest)
 

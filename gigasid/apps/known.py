@@ -39,6 +39,31 @@ def hole_shares(hole: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch
     return shares
 
 
+def known_pyramid(image: torch.Tensor, hole: torch.Tensor,
+                  shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The known image at every level, made from the known pixels alone.
+
+    Each level is a normalised resampling: the image times the known weight (1 outside the
+    hole) and the weight itself go through the same level-by-level resampling as the
+    pyramid, and their ratio is the level. A coarse pixel next to the hole is then an
+    average of known pixels only, not a mix with what the hole holds (the object to remove,
+    or an empty canvas), which would be held as known and show as a band along the border.
+    Where the weight is below 1/4 (deep in the hole, where every level is generated) the
+    plain resampled image is kept.
+    """
+    w = (~hole).to(torch.float64)[None]
+    num = image.to(torch.float64) * w
+    plain = image.to(torch.float64)
+    levels = [image]
+    for shp in shapes[1:]:
+        num = resize_in_bands(num, shp)
+        w = resize_in_bands(w, shp)
+        plain = resize_in_bands(plain, shp)
+        ok = w > 0.25
+        levels.append(torch.where(ok, num / torch.where(ok, w, 1.0), plain).to(image.dtype))
+    return levels
+
+
 def generated_mask(share: torch.Tensor, finest: bool) -> torch.Tensor:
     """The pixels a level generates: the hole itself at the finest, mostly-hole ones above."""
     return share > 0.5 if not finest else share > 0

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gigasid.apps.base import App, JobView, ScaleProgram
-from gigasid.apps.known import generated_mask, hole_shares, known_program
-from gigasid.core.pyramid import build_pyramid
+from gigasid.apps.known import generated_mask, hole_shares, known_program, known_pyramid
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
 
@@ -81,7 +80,7 @@ class Outpaint(App):
         hole = torch.ones((H, W), dtype=torch.bool)
         hole[oy: oy + h, ox: ox + w] = False
         shapes = [sp.shape for sp in view.plan.scales]
-        self.known = build_pyramid(canvas, shapes)
+        self.known = known_pyramid(canvas, hole, shapes)
         self.holes = [generated_mask(sh, s == 0)
                       for s, sh in enumerate(hole_shares(hole, shapes))]
 
