@@ -134,8 +134,8 @@ def bench(split: str, n: int, size: int, overrides: dict[str, list[str]], gpnn: 
 def table(rows: list[dict]) -> str:
     gp = all("gpnn" in r for r in rows)
     head = ["image", "uncond SWD", "GPNN SWD" if gp else None, "uncond div", "GPNN div" if gp
-            else None, "dup@90", "tileable SWD", "worst seam", "tileable x time",
-            "symmetric SWD", "asym", "symmetric x time"]
+            else None, "dup@90", "GPNN dup@90" if gp else None, "tileable SWD", "worst seam",
+            "tileable x time", "symmetric SWD", "asym", "symmetric x time"]
     head = [h for h in head if h]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -146,7 +146,10 @@ def table(rows: list[dict]) -> str:
         cells.append(f"{u.get('diversity', float('nan')):.3f}")
         if gp:
             cells.append(f"{r['gpnn'].get('diversity', float('nan')):.3f}")
-        cells += [f"{u.get('near_dup_90', float('nan')):.2f}", f"{t['swd']:.4f}",
+        cells.append(f"{u.get('near_dup_90', float('nan')):.2f}")
+        if gp:
+            cells.append(f"{r['gpnn'].get('near_dup_90', float('nan')):.2f}")
+        cells += [f"{t['swd']:.4f}",
                   f"{t['worst_seam']:.2f}", f"{t['s_per_sample'] / u['s_per_sample']:.2f}",
                   f"{s['swd']:.4f}", f"{s['asymmetry']:.1f}",
                   f"{s['s_per_sample'] / u['s_per_sample']:.2f}"]

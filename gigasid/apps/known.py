@@ -51,7 +51,7 @@ def known_pyramid(image: torch.Tensor, hole: torch.Tensor,
     Where the weight is below 1/4 (deep in the hole, where every level is generated) the
     plain resampled image is kept.
     """
-    w = (~hole).to(torch.float64)[None]
+    w = (~hole).to(image.device, torch.float64)[None]
     num = image.to(torch.float64) * w
     plain = image.to(torch.float64)
     levels = [image]
