@@ -57,7 +57,7 @@ def _panel(img: Image.Image) -> Image.Image:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "gallery")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "apps.png")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "apps.jpg")
     a = ap.parse_args()
     rows = []
     for title, preset, extra, inputs, result in ROWS:
