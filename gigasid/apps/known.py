@@ -48,19 +48,17 @@ def known_pyramid(image: torch.Tensor, hole: torch.Tensor,
     pyramid, and their ratio is the level. A coarse pixel next to the hole is then an
     average of known pixels only, not a mix with what the hole holds (the object to remove,
     or an empty canvas), which would be held as known and show as a band along the border.
-    Where the weight is below 1/4 (deep in the hole, where every level is generated) the
-    plain resampled image is kept.
+    Where the weight is at most 1/4 the pixel is at least 3/4 hole, generated at every
+    level, and never read: it is set to 0.
     """
     w = (~hole).to(image.device, torch.float64)[None]
     num = image.to(torch.float64) * w
-    plain = image.to(torch.float64)
     levels = [image]
     for shp in shapes[1:]:
         num = resize_in_bands(num, shp)
         w = resize_in_bands(w, shp)
-        plain = resize_in_bands(plain, shp)
         ok = w > 0.25
-        levels.append(torch.where(ok, num / torch.where(ok, w, 1.0), plain).to(image.dtype))
+        levels.append(torch.where(ok, num / torch.where(ok, w, 1.0), 0.0).to(image.dtype))
     return levels
 
 
