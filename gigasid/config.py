@@ -494,7 +494,7 @@ def validate(cfg: JobConfig) -> None:
     app = apps[cfg.app]()
     if lt.enabled and not getattr(app, "latent", True):
         raise ConfigError(f"app '{cfg.app}' runs in pixel space only (latent.enabled: true is "
-                          f"not supported: {getattr(app, 'latent_reason', 'see the README')}); "
+                          f"not supported: {getattr(app, 'latent_reason', 'see docs/latent.md')}); "
                           "set latent.enabled: false")
     app.validate(cfg)
 

@@ -8,7 +8,8 @@ Usage::
 ``--set KEY=VALUE`` (repeatable) adds config overrides to every speed run and to the quality
 samples, e.g. to measure another setting's time and quality side by side with the defaults.
 
-Writes ``bench_core.json`` and ``bench_core.md`` (the README quotes the latter). Each backend
+Writes ``bench_core.json`` and ``bench_core.md`` (docs/benchmarks.md quotes the latter).
+Each backend
 runs in its own subprocess so peak memory (RssAnon) is per backend. Timings are medians.
 """
 

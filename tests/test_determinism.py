@@ -46,7 +46,7 @@ def _avx2() -> bool:
 #: or where a guarantee stops. The VAE (latent jobs) runs PyTorch's own convolutions,
 #: normalisations and attention, whose vectorised reductions follow the CPU kernels that
 #: ``ATEN_CPU_CAPABILITY`` picks: latent jobs are the same on any thread count, not on
-#: other PyTorch CPU kernels (README: "Same bytes everywhere").
+#: other PyTorch CPU kernels (docs/determinism.md, "Not covered").
 PIXEL = "uncond,retarget,tileable,symmetric,inpaint,outpaint,analogy"
 
 VARIANTS = {

@@ -7,12 +7,12 @@ driver leaks it into every process the driver spawns afterwards. Setting any mal
 switches off glibc's *dynamic* mmap threshold: every buffer above 128 KiB is then a fresh
 ``mmap`` that the kernel zero-fills, unmapped again when freed. A tile allocates and frees
 tensors of megabytes thousands of times, so the process spends as much time in the kernel as
-in the math (see the README's cluster section for the measurement).
+in the math (see docs/benchmarks.md, Dask cluster, for the measurement).
 
 :func:`tune_malloc` sets a fixed threshold above the engine's largest per-chunk tensors
 instead: the queries and estimates of one chunk of 16 384 patches are 44 MB each (D = 675),
 over glibc's largest *dynamic* threshold (32 MiB), so even in a clean environment every
-chunk's tensors were fresh mmaps, zero-filled page by page (the README's kernels section
+chunk's tensors were fresh mmaps, zero-filled page by page (docs/benchmarks.md, compiled kernels
 has the measurement). Memory is still returned to the system above the trim threshold, in
 larger steps.
 """

@@ -18,7 +18,8 @@ EXACT_MAX_PATCHES = {"cpu": 1000, "cuda": 250_000}
 #: ``query_stride: auto`` -> 2 on scales with more stride-1 query patches than this.
 STRIDE2_MIN_QUERIES = {"cpu": 8000, "cuda": 8_000_000}
 #: ... and 3 above this many, when ``P >= STRIDE3_MIN_PATCH`` (every pixel still lies in
-#: ``(P / 3)^2 >= 25`` windows). Measured on CPU: unchanged sample quality (README, Core).
+#: ``(P / 3)^2 >= 25`` windows).
+#: Measured on CPU: unchanged sample quality (docs/benchmarks.md, Core).
 STRIDE3_MIN_QUERIES = {"cpu": 32000, "cuda": None}
 STRIDE3_MIN_PATCH = 15
 
@@ -41,7 +42,7 @@ PROCESS_BASE_BYTES = 360 * 2**20
 CPU_GFLOPS = {"float32": 150.0, "bfloat16": 3.0}
 CUDA_GFLOPS = {"float32": 40_000.0, "bfloat16": 300_000.0}
 #: ANN step cost per query patch element (search + re-weighting + extraction + fold). CPU:
-#: calibrated on the 1 MP and 134-million-pixel retargets on 2 cores (README, "Compiled
+#: calibrated on the 1 MP and 134-million-pixel retargets on 2 cores (docs/benchmarks.md, "Compiled
 #: kernels" and the 134 MP run); CUDA: a placeholder until measured on a GPU.
 ANN_SECONDS_PER_ELEMENT = {"cpu": 1.3e-8, "cuda": 2e-10}
 #: Extraction + fold cost per query patch element (exact backends).
