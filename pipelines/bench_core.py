@@ -9,8 +9,8 @@ Usage::
 samples, e.g. to measure another setting's time and quality side by side with the defaults.
 
 Writes ``bench_core.json`` and ``bench_core.md`` (docs/benchmarks.md quotes the latter).
-Each backend
-runs in its own subprocess so peak memory (RssAnon) is per backend. Timings are medians.
+Each backend runs in its own subprocess so peak memory (RssAnon) is per backend. Timings
+are medians.
 """
 
 from __future__ import annotations
