@@ -66,3 +66,16 @@ def test_unaligned_writes_and_truncated_chunks(tmp_path):
     assert not store.chunk_ok("a", (0, 0))
     with pytest.raises(GigasidError, match="truncated"):
         store.read("a", (0, 4, 0, 4))
+
+
+def test_memory_and_zarr_runs_write_the_same_png_file(tmp_path):
+    """The sample PNG is the same file, byte for byte, whichever store held the run."""
+    from conftest import run_here
+
+    args = ["configs/demo.yaml", "num_samples=1", "output_size=[40,48]", "num_steps=3",
+            "patch_size=7", "pyramid.min_short_side=14", "output.formats=[png]"]
+    files = {}
+    for st in ("memory", "zarr"):
+        run_here(args + [f"engine.store={st}"], tmp_path / st)
+        files[st] = (tmp_path / st / "sample_000.png").read_bytes()
+    assert files["memory"] == files["zarr"]

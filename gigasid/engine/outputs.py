@@ -29,7 +29,7 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
     from it; in-memory runs convert the whole (small) image at once.
     """
     from gigasid.io import export
-    from gigasid.io.images import save_png, to_uint8
+    from gigasid.io.images import to_uint8
 
     h, w = job.plan.pixel_shape
     decode = pixel_reader(job, store, name, reporter)
@@ -70,12 +70,10 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
             written["metrics"] = metrics
         extra = job.app.extra_outputs(job.view, rgb, dest)
         written.update(extra)
-    if "png" in fmts:
+    if "png" in fmts and small:
+        # one writer for both stores: the same pixels give the same file
         png = Path(out_dir) / f"sample_{sample:03d}.png"
-        if not store.persistent:
-            written["png"] = str(save_png(image, png))
-        elif small:
-            written["png"] = str(export.export_png(image, png))
+        written["png"] = str(export.export_png(image, png))
     deep = [f for f in fmts if f in ("tiff", "dzi", "preview", "viewer")]
     if deep:
         o = job.cfg.output
