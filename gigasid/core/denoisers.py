@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from gigasid.core import ivf, kernels
 from gigasid.errors import GigasidError
+from gigasid.index.build import build_faiss_index, pca_basis
 
 BACKENDS = ("exact", "sdpa", "ann")
 
@@ -295,12 +296,13 @@ class AnnDenoiser:
         # PCA basis of the search space, from the covariance of a seeded sample. float32
         # is plenty for a basis that only ranks candidates (their weights are exact).
         if 0 < s.pca_dim < self.dim:
-            mu, proj = _pca_basis(_host(sample[:: max(1, sample.shape[0] // 8192)]), s.pca_dim)
+            mu, proj = pca_basis(_host(sample[:: max(1, sample.shape[0] // 8192)]), s.pca_dim)
             self.mu, self.proj = mu.to(self.src.device), proj.to(self.src.device)
         else:
             self.mu, self.proj = None, None
         search_dim = self.proj.shape[1] if self.proj is not None else self.dim
-        self.index = _build_index(faiss, s, self.n, search_dim)
+        self.index = build_faiss_index(faiss, s.index, self.n, search_dim, nlist=s.nlist,
+                                       pq_m=s.pq_m, seed=s.seed)
         if not self.index.is_trained:
             self.index.train(_host(self._project(sample)))
         del sample  # tens of thousands of full patches: not held while the index grows
@@ -558,55 +560,6 @@ class AnnDenoiser:
         if not hasattr(self, "_kernel_layout"):
             self._kernel_layout = kernels.source_layout(self.src)
         return self._kernel_layout
-
-
-def _pca_basis(sample: np.ndarray, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mu, V)``: the mean ``(D,)`` and the top ``dim`` principal directions ``(D, dim)``
-    (columns, largest variance first) of ``sample`` ``(n, D)``, float32 on the CPU.
-
-    Computed in float64 and rounded once, so a last-bit difference of the arithmetic (another
-    BLAS kernel) almost never reaches the float32 basis; the eigensolver runs on one thread,
-    and each direction's sign (which LAPACK leaves free) is fixed: its largest entry
-    positive. The basis only ranks candidates: their weights
-    are exact.
-    """
-    from threadpoolctl import threadpool_limits
-
-    sd = sample.astype(np.float64)
-    mu = np.add.reduce(sd, axis=0) / sd.shape[0]
-    c = sd - mu
-    # OpenBLAS splits a product's rows and columns between threads, never its sums; the
-    # eigensolver's matrix-vector steps may split sums, so it runs on one thread.
-    cov = c.T @ c
-    with threadpool_limits(1, user_api="blas"):
-        _, vecs = np.linalg.eigh(cov)  # ascending eigenvalues
-    vecs = vecs[:, ::-1][:, :dim]
-    big = np.abs(vecs).argmax(axis=0)
-    vecs = vecs * np.sign(vecs[big, np.arange(dim)])
-    return (torch.from_numpy(mu.astype(np.float32)),
-            torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32)))
-
-
-def _build_index(faiss, s: AnnSettings, n: int, dim: int):
-    kind = s.index.lower()
-    if kind == "flat":
-        return faiss.IndexFlatL2(dim)
-    nlist = s.nlist or max(1, int(4 * math.sqrt(n)))
-    nlist = min(nlist, n)
-    quantizer = faiss.IndexFlatL2(dim)
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-    elif kind == "ivfpq":
-        m = max(d for d in range(1, min(s.pq_m, dim) + 1) if dim % d == 0)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8)
-    else:
-        raise ValueError(f"unknown index type {s.index!r} (flat, ivf, ivfpq)")
-    index.cp.seed = s.seed
-    index.cp.min_points_per_centroid = 1  # small scales: no warning spam, k-means still fine
-    index.quantizer_trains_alone = 0
-    index.own_fields = True
-    quantizer.this.disown()
-    return index
 
 
 def make_denoiser(backend: str, dataset: torch.Tensor, compute_dtype: torch.dtype = torch.float32,

@@ -1,0 +1,1 @@
+"""Nearest-neighbour indexes of the ANN denoiser (FAISS build, PCA basis)."""
