@@ -281,10 +281,10 @@ def test_band_array_is_mapped_in_place(tmp_path: Path, picture) -> None:
 
 
 def test_band_array_with_too_many_bands_is_copied(tmp_path: Path, picture, monkeypatch) -> None:
-    from gigasid.io import export as ex
+    from gigasid.io import vips_bridge
 
     z = write_bands(picture, tmp_path / "image.zarr", tile=128, rows=100)  # 13 bands of 64
-    monkeypatch.setattr(ex, "_MAX_MAPPED_BANDS", 4)
+    monkeypatch.setattr(vips_bridge, "_MAX_MAPPED_BANDS", 4)
     work = tmp_path / "work"
     with VipsBridge(z, work) as bridge:
         assert not bridge.zero_copy
