@@ -18,6 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from gigasid.checks import check_choice as _check_choice
+from gigasid.checks import check_range as _check_range
 from gigasid.errors import ConfigError
 
 BACKENDS = ("auto", "exact", "sdpa", "ann")
@@ -354,29 +356,6 @@ def _build_job(data: dict) -> JobConfig:
         cfg.app_config = _build(cls, {k: v for k, v in rest.items() if k in own},
                                 keys=_schema_keys(cls))
     return cfg
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; "
-                          f"got {value!r}{hint}")
-
-
-#: Public name for applications' own checks.
-check_choice = _check_choice
-
-
-def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> None:
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and value > hi)
-    if bad:
-        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        hi_s = "" if hi is None else f"<= {hi}"
-        rng = " and ".join(s for s in (lo_s, hi_s) if s)
-        raise ConfigError(f"config key '{key}' must be {rng}; got {value}")
 
 
 def _per_scale_items(key: str, value: Any) -> list:

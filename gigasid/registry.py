@@ -1,9 +1,11 @@
 """Where applications are registered, so that config, planner and engine never name one.
 
 An application is a class with a ``name`` (the value of ``app:``) and, optionally, a
-``Config`` dataclass holding its own top-level config keys. The built-in applications in
-:mod:`gigasid.apps` register themselves on import; third-party packages can add theirs
-through the ``gigasid.apps`` entry-point group.
+``Config`` dataclass holding its own top-level config keys. Every module of the
+:mod:`gigasid.apps` package is imported when the registry is first read (discovered, not
+listed: a new application is a new module there and nothing else), and registers its class
+on import; third-party packages can add theirs through the ``gigasid.apps`` entry-point
+group.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ def _load() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import gigasid.apps  # noqa: F401  (registers the built-in applications)
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    # the package is found by name, not imported here: its modules import this one
+    spec = importlib.util.find_spec("gigasid.apps")
+    for mod in sorted(pkgutil.iter_modules(spec.submodule_search_locations),
+                      key=lambda m: m.name):
+        importlib.import_module(f"gigasid.apps.{mod.name}")  # registers its application
 
     try:
         from importlib.metadata import entry_points

@@ -53,7 +53,7 @@ def _graph_deps(dsk):
 def _simulate(reads, ntiles, rng, replay=0.3, twins=0.3):
     """Run a scale graph under an adversarial scheduler and a model of the run directory.
 
-    Every tile task runs the phases of ``execute._tile_work``: marker check, reads of the
+    Every tile task runs the phases of ``worker.tile_work``: marker check, reads of the
     previous wave's array, marker check, write, marker. The scheduler starts ready tasks in
     random order, interleaves the phases of all running copies at random, starts twins of
     running tasks (a task run twice) and replays of finished ones (a result lost with a

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gigasid.apps.base import App, JobView, axis_kinds
-from gigasid.config import check_choice
+from gigasid.checks import check_choice
 from gigasid.registry import register
 
 AXES = ("horizontal", "vertical", "both")

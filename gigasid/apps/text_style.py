@@ -33,7 +33,7 @@ import torch
 
 from gigasid.apps.base import JobView, ScaleProgram, StepState
 from gigasid.apps.reconstruct import Reconstruct
-from gigasid.config import check_choice
+from gigasid.checks import check_choice
 from gigasid.core.guidance import faded_strength, guided_update, momentum_mix
 from gigasid.errors import ConfigError, InputError, RunDirError
 from gigasid.registry import register

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gigasid.apps.base import App, JobView, axis_kinds
-from gigasid.config import check_choice
+from gigasid.checks import check_choice
 from gigasid.registry import register
 
 DIRECTIONS = ("both", "horizontal", "vertical")

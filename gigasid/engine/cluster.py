@@ -5,7 +5,7 @@ The same per-scale graphs as the local schedulers (:mod:`gigasid.engine.graph`) 
 from the run directory (indexes memory-mapped) when its first task of that run arrives and
 keeps it under the run's id, set up by a :class:`RunPlugin` registered for the run, so many
 runs can share one cluster. Tile tasks are idempotent (see
-:func:`gigasid.engine.execute._tile_work`): a result lost with a dead worker is simply
+:func:`gigasid.engine.worker.tile_work`): a result lost with a dead worker is simply
 recomputed, and a recomputed task of a finished tile returns at once.
 
 The driver learns of finished tiles from the futures (progress, wave markers, freeing old
@@ -115,7 +115,7 @@ class RunPlugin(WorkerPlugin):
 
 
 def _worker_job(run_id: str):
-    from gigasid.engine.execute import WorkerJob
+    from gigasid.engine.worker import WorkerJob
 
     with _RUNS_LOCK:
         entry = _RUNS.get(run_id)

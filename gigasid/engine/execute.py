@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,58 +22,9 @@ import torch
 from gigasid.config import JobConfig
 from gigasid.core.domain import read_window
 from gigasid.engine import graph
-from gigasid.engine.allocator import tune_malloc
-from gigasid.engine.job import Job, prepare, set_threads
+from gigasid.engine.job import Job, set_threads
 from gigasid.engine.progress import Reporter
-from gigasid.engine.transition import run_transition
-
-
-def _mark(sample: int, scale: int, wave: int, tile: int | None = None) -> str:
-    base = f"x{sample}-s{scale}-w{wave}"
-    return base if tile is None else f"{base}-t{tile}"
-
-
-def _buf(sample: int, scale: int, wave: int) -> str:
-    """The array wave ``wave`` of a scale writes (each wave has its own; see graph)."""
-    return f"x{sample}/s{scale}/w{wave}"
-
-
-def _tile_work(job: Job, store, program, sample: int, scale: int, wave: int, ti: int,
-               seed: int, coarser_name: str | None) -> tuple[float, bool]:
-    """Compute one tile of one wave and write it, unless it is done already.
-
-    Safe to run any number of times, at any moment: a task whose marker exists returns at
-    once; otherwise it reads arrays that never change once written and writes the bytes any
-    other run of it writes. The marker is checked again before the write, so a late twin
-    (a duplicate of a task that finished elsewhere) never writes after later waves moved on.
-    Returns ``(seconds, computed)``.
-    """
-    t0 = time.perf_counter()
-    key = _mark(sample, scale, wave, ti)
-    if store.is_done(key):
-        return 0.0, False
-    sp = job.plan.scales[scale]
-    region = sp.tiles[ti]
-    if wave == 0:
-        value = program.init(region)
-    else:
-        src = _buf(sample, scale, wave - 1)
-        ctx = job.contexts[scale]
-        tr = program.transitions[wave - 1]
-
-        def read_x(win):
-            return store.read(src, win)
-
-        def read_c(win):
-            return store.read(coarser_name, win)
-
-        value = run_transition(ctx, program, tr, region, read_x,
-                               read_c if coarser_name else None, seed)
-    if store.is_done(key):  # a twin finished first; its reads may since have been freed
-        return time.perf_counter() - t0, False
-    store.write(_buf(sample, scale, wave), region, value)
-    store.mark(key)  # only after the chunk write returned (and reached the disk)
-    return time.perf_counter() - t0, True
+from gigasid.engine.worker import tile_marker, tile_work, wave_array, worker_init, worker_tile
 
 
 def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
@@ -97,19 +47,19 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
                    scale=scale, shape=sp.shape, num_transitions=n, tiles=ntiles)
     work = sp.est_seconds / max(1, n)
     marks = store.marked(f"x{sample}-s{scale}-w")
-    waves_done = {w for w in range(n + 1) if _mark(sample, scale, w) in marks}
+    waves_done = {w for w in range(n + 1) if tile_marker(sample, scale, w) in marks}
 
     def done(w: int, t: int) -> bool:
-        return w in waves_done or _mark(sample, scale, w, t) in marks
+        return w in waves_done or tile_marker(sample, scale, w, t) in marks
 
     left = [sum(1 for t in range(ntiles) if not done(w, t)) for w in range(n + 1)]
     complete = [w for w in range(n + 1) if left[w] == 0]
     for w in complete:
         if w not in waves_done:  # every tile done, wave marker missing
-            store.mark(_mark(sample, scale, w))
+            store.mark(tile_marker(sample, scale, w))
     newest = max(complete, default=-1)
     for w in range(max(0, newest - 1), n + 1):  # what a resumed scale still needs
-        store.ensure(_buf(sample, scale, w), shape, sp.tile)
+        store.ensure(wave_array(sample, scale, w), shape, sp.tile)
     for w in complete:
         _collect(store, sample, scale, w)
     for w in range(1, n + 1):
@@ -118,7 +68,7 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
                            scale=scale, step_index=w - 1, num_transitions=n,
                            seconds=0.0, work=work, resumed=True)
     if left[n] == 0:
-        return _buf(sample, scale, n)
+        return wave_array(sample, scale, n)
 
     reads = graph.read_sets(ctx, sp.tile, sp.tiles, program.transitions)
     deps = graph.wave_dependencies(reads, ntiles)
@@ -135,7 +85,7 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
                        seconds=round(secs, 4), computed=computed)
         left[w] -= 1
         if left[w] == 0:
-            store.mark(_mark(sample, scale, w))
+            store.mark(tile_marker(sample, scale, w))
             _collect(store, sample, scale, w)
             if w > 0:
                 tr = program.transitions[w - 1]
@@ -147,22 +97,22 @@ def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
                 t_wave[0] = now
 
     executor.run_graph(dsk, keys, on_tile_done)
-    return _buf(sample, scale, n)
+    return wave_array(sample, scale, n)
 
 
 def _collect(store, sample: int, scale: int, complete_wave: int) -> None:
     """Free the array that no task can read now that ``complete_wave`` is complete."""
     old = graph.collectable(complete_wave)
     if old is not None:
-        store.delete(_buf(sample, scale, old))
+        store.delete(wave_array(sample, scale, old))
 
 
 def _local_tile_task(job, store, program, sample, scale, seed, coarser_name, wave, ti, _deps):
-    return _tile_work(job, store, program, sample, scale, wave, ti, seed, coarser_name)
+    return tile_work(job, store, program, sample, scale, wave, ti, seed, coarser_name)
 
 
 def _process_tile_task(sample, scale, seed, coarser_name, wave, ti, _deps):
-    return _worker_tile(sample, scale, wave, ti, seed, coarser_name)
+    return worker_tile(sample, scale, wave, ti, seed, coarser_name)
 
 
 class SyncExecutor:
@@ -215,7 +165,7 @@ class ProcessExecutor:
 
         ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP init can hang
         self.pool = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_worker_init,
+            workers, mp_context=ctx, initializer=worker_init,
             initargs=(cfg.to_dict(), str(Path(cfg.base_dir).resolve()), str(run_dir), threads))
 
     def start(self, job: Job, run_dir: Path, reporter: Reporter) -> None:
@@ -242,49 +192,6 @@ class ProcessExecutor:
 def _callback(on_done):
     """Dask local-scheduler callbacks calling ``on_done(key, result)`` after each task."""
     return (None, None, None, lambda key, result, *_: on_done(key, result), None)
-
-
-@dataclass
-class WorkerJob:
-    """What a worker process keeps per run: the job rebuilt from the run directory
-    (indexes memory-mapped), a Zarr store on that directory and the programs it built."""
-
-    job: Job
-    store: object
-    programs: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, cfg_doc: dict, base_dir: str, run_dir: str) -> WorkerJob:
-        from gigasid.config import from_dict
-        from gigasid.engine.store import ZarrStore
-
-        cfg = from_dict(cfg_doc)
-        cfg.base_dir = base_dir  # relative inputs, masks, ... resolve as in the parent
-        return cls(prepare(cfg, run_dir=Path(run_dir)), ZarrStore(Path(run_dir)))
-
-    def tile(self, sample: int, scale: int, wave: int, ti: int, seed: int,
-             coarser_name: str | None) -> tuple[float, bool]:
-        """Run one tile task (see :func:`_tile_work`)."""
-        key = (scale, seed)
-        if key not in self.programs:
-            self.programs[key] = self.job.program(scale, seed)
-        return _tile_work(self.job, self.store, self.programs[key], sample, scale, wave, ti,
-                          seed, coarser_name)
-
-
-_WORKER: dict = {}
-
-
-def _worker_init(cfg_doc: dict, base_dir: str, run_dir: str, threads: int) -> None:
-    """Process-pool initializer: rebuild the job from the run directory once per worker."""
-    tune_malloc()
-    _WORKER["job"] = WorkerJob.load(cfg_doc, base_dir, run_dir)
-    set_threads(threads)  # after the load: prepare() sets the job's own count (all cores)
-
-
-def _worker_tile(sample: int, scale: int, wave: int, ti: int, seed: int,
-                 coarser_name: str | None) -> tuple[float, bool]:
-    return _WORKER["job"].tile(sample, scale, wave, ti, seed, coarser_name)
 
 
 def generate(job: Job, store, seed: int, sample: int, reporter: Reporter,

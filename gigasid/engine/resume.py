@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gigasid.engine.execute import _buf, _mark
 from gigasid.engine.job import Job
 from gigasid.engine.progress import Reporter
+from gigasid.engine.worker import tile_marker, wave_array
 
 
 def repair_state(job: Job, store, sample: int, reporter: Reporter) -> list[int]:
@@ -28,17 +28,17 @@ def repair_state(job: Job, store, sample: int, reporter: Reporter) -> list[int]:
         n = len(job.program(s, job.cfg.seed + sample).transitions)
         sp = job.plan.scales[s]
         marks = store.marked(f"x{sample}-s{s}-w")
-        complete = max((w for w in range(n + 1) if _mark(sample, s, w) in marks), default=-1)
+        complete = max((w for w in range(n + 1) if tile_marker(sample, s, w) in marks), default=-1)
         tile = sp.tile or max(sp.stored_shape)
         bad: list[int] = []
         for ti, (y0, _, x0, _) in enumerate(sp.tiles):
             # Waves overlap, so each tile has its own progress: its latest chunk and the
             # one before (which neighbours may still read) must both be whole.
-            last = max((w for w in range(n + 1) if _mark(sample, s, w) in marks
-                        or _mark(sample, s, w, ti) in marks), default=None)
+            last = max((w for w in range(n + 1) if tile_marker(sample, s, w) in marks
+                        or tile_marker(sample, s, w, ti) in marks), default=None)
             if last is None:
                 continue
-            names = {_buf(sample, s, w) for w in (last, last - 1) if w >= max(0, complete)}
+            names = {wave_array(sample, s, w) for w in (last, last - 1) if w >= max(0, complete)}
             if not all(store.chunk_ok(nm, (y0 // tile, x0 // tile)) for nm in names):
                 bad.append(ti)
         if bad:
