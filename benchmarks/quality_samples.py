@@ -9,7 +9,7 @@ Usage::
 Every picture is resized so its long side is ``--size`` px. Each application runs its preset
 (``configs/<app>.yaml``) in a fresh ``gigasid run`` process with ``--samples`` samples; its
 time per sample is the median of the samples' own times (the index build is reported apart
-as setup). GPNN is our re-implementation (``pipelines/gpnn_baseline.py``, FAISS IVF nearest
+as setup). GPNN is our re-implementation (``benchmarks/gpnn_baseline.py``, FAISS IVF nearest
 neighbours, the authors' defaults). Metrics per picture: patch SWD (7x7 patches, mean over
 samples, at full size and at half size), pixel diversity, near-duplicates at r = 90 %, the
 worst wrap seam ratio (tileable) and mirror asymmetry (symmetric). Writes
@@ -33,7 +33,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "pipelines"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from quality import contact_sheet  # noqa: E402
 from quality_data import cases  # noqa: E402

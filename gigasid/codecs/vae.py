@@ -35,7 +35,7 @@ from gigasid.errors import ModelError
 #: Parameters of the FLUX VAE (the throughput model's unit).
 FLUX_PARAMS = 83_800_000
 #: Seconds per megapixel of the FLUX VAE, full size (2 CPU cores, float32: measured with
-#: pipelines/bench_latent.py; CUDA: projected, see docs/scaling.md). Other models scale by their
+#: benchmarks/bench_latent.py; CUDA: projected, see docs/scaling.md). Other models scale by their
 #: parameter count.
 CODEC_SECONDS_PER_MP = {"cpu": {"encode": 38.0, "decode": 77.0},
                         "cuda": {"encode": 0.05, "decode": 0.1}}

@@ -36,7 +36,7 @@ DEFAULT_ZARR_TILE = 512
 #: and the loaded kernels (measured: 357 MiB RSS, 195 MiB of it anonymous).
 PROCESS_BASE_BYTES = 360 * 2**20
 
-#: Throughput model for estimates, calibrated with pipelines/bench_core.py on 2 CPU cores
+#: Throughput model for estimates, calibrated with benchmarks/bench_core.py on 2 CPU cores
 #: (GPU values are placeholders until measured on a GPU). bfloat16 on a CPU without bf16
 #: matrix instructions (AVX2 only) is emulated: the exact denoiser call was ~50x slower.
 CPU_GFLOPS = {"float32": 150.0, "bfloat16": 3.0}

@@ -5,7 +5,7 @@ array on disk, possibly far larger than memory. Every export accepts any array-l
 shape and dtype that supports numpy slicing (``zarr.Array``, ``numpy.ndarray``, a
 ``numpy.memmap``, ...) and never materialises the whole image: pixels are streamed block by block
 (aligned to the source's chunk grid) into a *bridge* that libvips can read with random access,
-and libvips then builds every output with its demand-driven, bounded-memory pipelines.
+and libvips then builds every output with its demand-driven, bounded-memory benchmarks.
 
 This module is the entry point: :func:`export_all` writes several outputs of one image through
 one bridge, and every public name of the export layer can be imported from here.
@@ -35,7 +35,7 @@ Layout
 
 Memory: besides the bridge's block, libvips' pyramid builders hold a few strips of tile height
 across the whole image width per level, so peak memory grows with the image *width*, not its
-area. Measured peak RssAnon of :func:`export_all`: see ``pipelines/results/bench_export.md``
+area. Measured peak RssAnon of :func:`export_all`: see ``benchmarks/results/bench_export.md``
 (about 90 MB for 16384 x 16384 and 210 MB for 4096 x 65536 in a process that called
 :func:`limit_heap_fragmentation`).
 """
@@ -74,7 +74,7 @@ from gigasid.io.tiff import export_tiff, provenance_description, pyramid_levels_
 from gigasid.io.vips_bridge import _BRIDGES, VipsBridge
 from gigasid.io.vips_runtime import _cpu_count, _release_free_memory, limit_heap_fragmentation
 
-# pipelines/bench_export.py configures libvips through this module before its baseline sample
+# benchmarks/bench_export.py configures libvips through this module before its baseline sample
 from gigasid.io.vips_runtime import _vips as _vips
 
 __all__ = [

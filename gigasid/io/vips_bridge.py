@@ -1,8 +1,8 @@
 """The bridge: how the pixels of an array-like reach libvips (:class:`VipsBridge`).
 
 libvips needs a random-access source; a Zarr array of compressed chunks is not one. How the
-pixels reach libvips (measured in ``pipelines/bench_export.py``, report in
-``pipelines/results/bench_export.md``):
+pixels reach libvips (measured in ``benchmarks/bench_export.py``, report in
+``benchmarks/results/bench_export.md``):
 
 mapped in place (no copy)
     The finished image of a run, ``out/image.zarr``, is written by

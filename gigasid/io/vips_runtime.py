@@ -4,7 +4,7 @@ pyvips is imported once with its operation cache off and its thread pool capped 
 this process may use (:func:`_vips`). The heap helpers keep freed buffers of the pixel copies
 and of libvips' pipelines from staying resident (:func:`limit_heap_fragmentation`,
 :func:`_decoding_heap`, :func:`_release_free_memory`); their effect on peak memory is measured
-in ``pipelines/bench_export.py`` (report in ``pipelines/results/bench_export.md``).
+in ``benchmarks/bench_export.py`` (report in ``benchmarks/results/bench_export.md``).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _decoding_heap() -> Iterator[None]:
     With a 256 KiB threshold every decoded chunk buffer (and every decompression buffer) is a
     fresh ``mmap`` whose pages the kernel faults in and zeroes, then unmaps: copying a
     zstd-compressed 268 MP Zarr array took 3.9-6.2 s instead of 2.1-3.0 s (2 cores,
-    ``pipelines/bench_export.py``). The buffers are short-lived and all freed before libvips
+    ``benchmarks/bench_export.py``). The buffers are short-lived and all freed before libvips
     starts, so they come from the heap for the copy and are handed back to the OS afterwards
     (``malloc_trim``); the fixed threshold then applies again to libvips' buffers.
     """

@@ -7,7 +7,7 @@ process, and reports per variant: seconds per sample, patch SWD against the refe
 median distance of output patches to their nearest reference patch (provenance) and pixel
 diversity across samples. Run alone on the machine.
 
-    python pipelines/bench_stride.py --size 512 --samples 3
+    python benchmarks/bench_stride.py --size 512 --samples 3
 
 Writes ``bench_stride_<size>.json`` / ``.md``.
 """

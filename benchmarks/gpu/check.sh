@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, run ON a lent CUDA machine from the repository root, with .whl/ carried
-# (pipelines/gpu/wheels.sh fills it here). Everything it prints goes to $OUT/log.txt; the
+# (benchmarks/gpu/wheels.sh fills it here). Everything it prints goes to $OUT/log.txt; the
 # retargets' timings.json files are gathered into $OUT/summary.json. Each step has its own
 # time limit so that the whole check ends within about 9.5 minutes.
 set -uo pipefail
@@ -25,7 +25,7 @@ echo "== gpu tests"
 timeout 120 python3 -m pytest -q -m gpu --continue-on-collection-errors -p no:cacheprovider tests/
 
 echo "== bench_core 256^2 on $DEVICE"
-timeout 120 python3 pipelines/bench_core.py --only speed --quick --set device=$DEVICE --out "$OUT"
+timeout 120 python3 benchmarks/bench_core.py --only speed --quick --set device=$DEVICE --out "$OUT"
 
 run() {  # name, limit (s), overrides...
   local name=$1 limit=$2; shift 2

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python pipelines/bench_big_input.py [--megapixels 100] [--out pipelines/results]
-    python pipelines/bench_big_input.py --latent tiny --megapixels 32   # latent ingest
+    python benchmarks/bench_big_input.py [--megapixels 100] [--out benchmarks/results]
+    python benchmarks/bench_big_input.py --latent tiny --megapixels 32   # latent ingest
 
 ``--latent tiny|flux`` measures the latent path's ingest instead: the same job with
 ``latent.enabled`` (the full-size AutoencoderTiny or FLUX VAE architecture, random weights,

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python pipelines/bench_text_style.py                 # 256^2 and 512^2, T = 200 (preset)
-    python pipelines/bench_text_style.py --quick         # 64^2, T = 8, 4 views: a smoke run
+    python benchmarks/bench_text_style.py                 # 256^2 and 512^2, T = 200 (preset)
+    python benchmarks/bench_text_style.py --quick         # 64^2, T = 8, 4 views: a smoke run
 
 No CLIP weights can be downloaded here, so the model is the ViT-B/32 *architecture* with
 random weights (vision 768 wide, 12 layers, patch 32, 224 px; text 512 wide, 12 layers;
@@ -13,7 +13,7 @@ size runs in its own process (so the peak RssAnon is that size's), with the pres
 settings; the time is split into setup (CLIP load, text embedding, dataset / index),
 DDIM inversion, and the guided loop, of which the CLIP forward + backward is reported
 separately (from the ``guidance`` events the app logs). Writes ``bench_text_style.json``
-and ``bench_text_style.md`` under ``--out`` (default ``pipelines/results``).
+and ``bench_text_style.md`` under ``--out`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations

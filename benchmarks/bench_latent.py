@@ -3,11 +3,11 @@ latent vs pixel jobs end to end.
 
 Usage::
 
-    python pipelines/bench_latent.py codec [--size 1024]        # full-size FLUX VAE
-    python pipelines/bench_latent.py codec --size 2048 --tile 128 --cost-only   # 4 MP cost
-    python pipelines/bench_latent.py e2e [--mp 4]                # gigasid run, latent vs pixel
-    python pipelines/bench_latent.py e2e --mp 16 --pipelines pixel latent_tiny
-    python pipelines/bench_latent.py store                       # Zarr chunk codecs for latents
+    python benchmarks/bench_latent.py codec [--size 1024]        # full-size FLUX VAE
+    python benchmarks/bench_latent.py codec --size 2048 --tile 128 --cost-only   # 4 MP cost
+    python benchmarks/bench_latent.py e2e [--mp 4]                # gigasid run, latent vs pixel
+    python benchmarks/bench_latent.py e2e --mp 16 --pipelines pixel latent_tiny
+    python benchmarks/bench_latent.py store                       # Zarr chunk codecs for latents
 
 ``codec`` builds the FLUX.1 VAE architecture (AutoencoderKL, 16 latent channels, 83.8 M
 parameters) from its config with random weights (the cost and the tiling behaviour depend on

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python pipelines/bench_apps.py [--images rocket chelsea coffee] [--samples 3]
+    python benchmarks/bench_apps.py [--images rocket chelsea coffee] [--samples 3]
         [--apps tileable ...] [--set output_size=[512,512]] [--out DIR]
 
 For every image and application the app runs with its preset (``configs/<app>.yaml``) and

@@ -24,7 +24,7 @@ What it does
    DeepZoom (JPEG tiles), preview (1024 px) -- and ``export_all`` end to end (serial, the
    default, and with ``parallel=True``); the old layout with both bridges (``raw`` memmap vs
    ``tiff`` tifffile) at the ``--bridges-at`` sizes.
-4. Writes ``pipelines/results/bench_export.json`` and ``pipelines/results/bench_export.md``.
+4. Writes ``benchmarks/results/bench_export.json`` and ``benchmarks/results/bench_export.md``.
 
 Throughput is reported two ways: the format step alone (libvips reading the bridge) and end to
 end (bridge build from the Zarr array + format), in megapixels of the full-resolution image per
@@ -34,9 +34,9 @@ creating the next ones, which slowed ``dzsave`` by up to 1.6x here.
 
 Usage::
 
-    python pipelines/bench_export.py                 # all sizes, ~25 min on 2 cores
-    python pipelines/bench_export.py --sizes 4096    # quick run
-    python pipelines/bench_export.py --workdir /big/disk --repeats 3
+    python benchmarks/bench_export.py                 # all sizes, ~25 min on 2 cores
+    python benchmarks/bench_export.py --sizes 4096    # quick run
+    python benchmarks/bench_export.py --workdir /big/disk --repeats 3
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "pipelines" / "results"
+RESULTS = REPO / "benchmarks" / "results"
 FORMATS = (
     "bridge",
     "tiff_jpeg",
@@ -453,7 +453,7 @@ def markdown(report: dict[str, Any]) -> str:
     """Render the report as a markdown table."""
     m = report["machine"]
     lines = [
-        "# Export benchmark (`pipelines/bench_export.py`)",
+        "# Export benchmark (`benchmarks/bench_export.py`)",
         "",
         f"Date: {report['date']}. Machine: {m['cores']} cores ({m['cpu']}), "
         f"{m['memory_gb']} GiB RAM, no GPU; Python {m['python']}, libvips {m['libvips']} "

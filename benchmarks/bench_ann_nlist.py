@@ -8,7 +8,7 @@ per ``c``: recall of the exact top-5 (kernel distance in the full patch space), 
 the ANN denoiser's output relative to the exact denoiser's (both from the same code the
 engine runs), and the compiled search time per query. Run alone on the machine.
 
-    python pipelines/bench_ann_nlist.py --size 512 --factors 4 2 1
+    python benchmarks/bench_ann_nlist.py --size 512 --factors 4 2 1
 """
 
 from __future__ import annotations

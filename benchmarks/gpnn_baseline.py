@@ -9,8 +9,8 @@ against, not as a reference for GPNN's sample quality.
 
 Usage::
 
-    python pipelines/gpnn_baseline.py [--image PATH] [--size 256] [--samples 5]
-                                      [--threads N] [--out pipelines/results]
+    python benchmarks/gpnn_baseline.py [--image PATH] [--size 256] [--samples 5]
+                                      [--threads N] [--out benchmarks/results]
 
 Writes ``gpnn_baseline.json`` (setup seconds, seconds per sample, their median, peak
 RssAnon, machine facts) and one sample, ``gpnn_sample.png``, to ``--out``.

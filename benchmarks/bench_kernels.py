@@ -2,7 +2,7 @@
 
 Usage::
 
-    python pipelines/bench_kernels.py [--label NAME] [--repeats 7] [--out pipelines/results]
+    python benchmarks/bench_kernels.py [--label NAME] [--repeats 7] [--out benchmarks/results]
 
 Inputs are what one chunk of a 1024-px-wide region holds at the finest scale of the 1 MP
 retarget (``P = 15``, RGB, query stride 2): 32 rows of 506 windows (16 192 queries, the

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python pipelines/bench_core.py [--quick] [--out pipelines/results]
-    python pipelines/bench_core.py --only speed quality --quick --set query_stride=3 --out DIR
+    python benchmarks/bench_core.py [--quick] [--out benchmarks/results]
+    python benchmarks/bench_core.py --only speed quality --quick --set query_stride=3 --out DIR
 
 ``--set KEY=VALUE`` (repeatable) adds config overrides to every speed run and to the quality
 samples, e.g. to measure another setting's time and quality side by side with the defaults.

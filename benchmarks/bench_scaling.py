@@ -2,7 +2,7 @@
 
 Usage::
 
-    python pipelines/bench_scaling.py [--sizes 1 4 16] [--out pipelines/results]
+    python benchmarks/bench_scaling.py [--sizes 1 4 16] [--out benchmarks/results]
 
 A 512x512 reference (scikit-image's public-domain astronaut photograph) is retargeted to
 outputs of 1, 4 and 16 MP through ``gigasid run`` in a subprocess (Zarr store, 512-px tiles).
@@ -12,7 +12,7 @@ in-memory store to measure the engine's overhead (Zarr I/O, halos, scheduling). 
 
 The gigapixel-path check::
 
-    python pipelines/bench_scaling.py --huge 8192 16384 --kill-after 1800
+    python benchmarks/bench_scaling.py --huge 8192 16384 --kill-after 1800
 
 retargets the bundled astronaut photograph to one large output (here 16384x8192, 134 MP)
 with the Zarr store and every export, SIGKILLs the whole process tree after
@@ -109,7 +109,7 @@ def run_huge(h: int, w: int, kill_after: float, run_dir: Path, out: Path, keep: 
     m = res["machine"]
     peak = max(first["peak_rss_anon_mb"], second["peak_rss_anon_mb"])
     lines = [f"# bench_scaling --huge ({m['date']}, {m['cpu']}, {m['cores']} cores)", "",
-             f"`python pipelines/bench_scaling.py --huge {h} {w} --kill-after {kill_after:g}`: "
+             f"`python benchmarks/bench_scaling.py --huge {h} {w} --kill-after {kill_after:g}`: "
              f"the bundled astronaut photograph (256x256) retargeted to {w}x{h} "
              f"({res['megapixels']:.1f} MP), `num_steps=10`, Zarr store, default exports.", "",
              "| run | wall s | CPU s | peak RssAnon MB |", "|---|---|---|---|",

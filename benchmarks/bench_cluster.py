@@ -2,7 +2,7 @@
 
 Usage::
 
-    python pipelines/bench_cluster.py [--mp 4] [--workers 1 2] [--repeats 1]
+    python benchmarks/bench_cluster.py [--mp 4] [--workers 1 2] [--repeats 1]
 
 A 512x512 reference (the bundled astronaut photograph) is retargeted to ``--mp`` output
 megapixels (``configs/retarget.yaml``, 10 steps, Zarr store, 512-px tiles) through
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
              f"{os.cpu_count()} cores)", "",
              f"Retarget of the astronaut to {shape[0]}x{shape[1]} ({a.mp:g} MP), 10 steps, "
              "Zarr store, 512-px tiles; one thread per worker. "
-             f"`python pipelines/bench_cluster.py --mp {a.mp:g}"
+             f"`python benchmarks/bench_cluster.py --mp {a.mp:g}"
              f"{f' --threads {a.threads}' if a.threads else ''}`.", "",
              "| workers | processes wall s | distributed wall s | overhead | cluster start s | "
              "driver peak MB (proc / dist) | worker peak RSS MB | tile tasks | recomputed | "
