@@ -46,23 +46,6 @@ def main_callback(
     """gigasid turns one reference image into new images (variations, retargets, ...)."""
 
 
-def _run_dir_guard(out: Path, fingerprint: str, fresh: bool) -> None:
-    """Refuse to reuse a run directory that belongs to a different job."""
-    job_file = out / "job.yaml"
-    if not job_file.exists() or fresh:
-        return
-    import yaml
-
-    try:
-        old = yaml.safe_load(job_file.read_text()) or {}
-    except yaml.YAMLError:
-        old = {}
-    if old.get("fingerprint") != fingerprint:
-        raise RunDirError(
-            f"{out} holds a run with a different config or input (job.yaml fingerprint "
-            "differs); pass --fresh to start over there, or --out to choose another folder")
-
-
 @app.command()
 def run(
     config: ConfigArg,
@@ -74,10 +57,9 @@ def run(
                                         "that has a different config.")] = False,
 ) -> None:
     """Run a job: generate images into the run directory."""
-    import yaml
 
     from gigasid.codecs import make_codec
-    from gigasid.config import dump_yaml, load_config
+    from gigasid.config import load_config
     from gigasid.engine.allocator import tune_malloc
     from gigasid.engine.execute import is_cluster
     from gigasid.engine.job import (
@@ -90,6 +72,13 @@ def run(
     )
     from gigasid.engine.lock import RunLock
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
+    from gigasid.engine.run_dir import (
+        check_disk,
+        clear_run,
+        guard_job,
+        job_fingerprint,
+        write_job_file,
+    )
     from gigasid.engine.runner import prepare
     from gigasid.engine.runner import run as run_job
     from gigasid.io.images import image_shape
@@ -106,14 +95,13 @@ def run(
     # touched (the loaded model is cached for the job).
     make_codec(cfg, resolve_device(cfg.device))
     files = job_files(cfg)
-    inp = files[0]
     input_sha = inputs_fingerprint(files)
-    fingerprint = _fingerprint(cfg, input_sha)
+    fingerprint = job_fingerprint(cfg, input_sha)
     # One driver at a time: an existing run is locked before anything reads or clears it
     # (a new directory right after it is created); a dead driver's lock is already gone.
     lock = RunLock(out).acquire() if out.is_dir() else None
-    _run_dir_guard(out, fingerprint, fresh)
-    _disk_guard(cfg, out)
+    guard_job(out, fingerprint, fresh)
+    check_disk(cfg, out)
     # A cluster is reached (or a local one started) before the run directory is created and
     # before any index is built: an unreachable scheduler costs seconds, not the setup.
     executor = None
@@ -137,12 +125,8 @@ def run(
             raise
     resuming = (out / "job.yaml").exists() and not fresh
     if fresh:
-        _clear_run(out)
-    job_doc = {"gigasid": __version__, "fingerprint": fingerprint,
-               "input": str(inp), "inputs": [str(f) for f in files],
-               "input_sha256": input_sha,
-               "config": yaml.safe_load(dump_yaml(cfg))}
-    (out / "job.yaml").write_text(yaml.safe_dump(job_doc, sort_keys=False))
+        clear_run(out)
+    write_job_file(out, cfg, fingerprint, files, input_sha)
     log = JsonlLog(out / "log.jsonl")
     screen = None if quiet else (RichReporter() if sys.stderr.isatty() else PlainReporter())
     reporter = Fanout(log, screen)
@@ -172,51 +156,6 @@ def run(
     lock.release()
     if not quiet:
         typer.echo(f"wrote {len(summary['samples'])} image(s) to {out}")
-
-
-def _disk_guard(cfg, out: Path) -> None:
-    """Refuse to start a streamed job whose estimated footprint exceeds the free space."""
-    import os
-    import shutil
-
-    from gigasid.engine.job import reference_shapes
-    from gigasid.engine.plan import make_plan
-    from gigasid.engine.runner import resolve_device
-    from gigasid.engine.store import DiskFullError
-
-    if (out / "data.zarr").exists() or os.environ.get("GIGASID_SKIP_DISK_CHECK"):
-        return  # a resumed run was checked when it started
-    plan = make_plan(cfg, reference_shapes(cfg), resolve_device(cfg.device))
-    if plan.store != "zarr":
-        return
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if plan.est_disk_bytes > free:
-        raise DiskFullError(
-            f"this job needs about {plan.est_disk_bytes / 2**30:.2f} GiB in {out} but only "
-            f"{free / 2**30:.2f} GiB is free; free some space, choose another --out, or make "
-            "the output smaller (output_size)")
-
-
-def _clear_run(out: Path) -> None:
-    """Remove a previous run's state (only gigasid's own files) before a fresh start."""
-    import shutil
-
-    for name in ("data.zarr", "markers", "out", "index", "app_state", "latent"):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
-    for name in ("job.yaml", "plan.json", "timings.json", "log.jsonl"):
-        (out / name).unlink(missing_ok=True)
-    for p in out.glob("sample_*.png"):
-        p.unlink()
-
-
-def _fingerprint(cfg, input_sha: str) -> str:
-    import hashlib
-
-    return hashlib.sha256((cfg.fingerprint() + input_sha).encode()).hexdigest()
 
 
 @app.command()
