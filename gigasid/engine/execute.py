@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -28,7 +30,8 @@ from gigasid.engine.worker import tile_marker, tile_work, wave_array, worker_ini
 
 
 def run_scale(job: Job, store, program, sample: int, scale: int, seed: int,
-              coarser_name: str | None, reporter: Reporter, executor=None) -> str:
+              coarser_name: str | None, reporter: Reporter,
+              executor: Executor | None = None) -> str:
     """Run one scale's program as a Dask graph of tile tasks; returns the result's name.
 
     Wave 0 writes the initial state, wave k the k-th transition, each into its own array.
@@ -115,12 +118,28 @@ def _process_tile_task(sample, scale, seed, coarser_name, wave, ti, _deps):
     return worker_tile(sample, scale, wave, ti, seed, coarser_name)
 
 
-class SyncExecutor:
-    """Tile tasks one after another in this thread (Dask's synchronous scheduler).
+class Executor(Protocol):
+    """What every scheduler implements (sync, threads, processes, a Dask cluster): the
+    engine builds the same task graph for all of them and only asks for these four."""
 
-    Every executor has the same four methods: ``start`` (once the job is prepared),
-    ``tile_task`` (the graph's task for one scale), ``run_graph`` and ``shutdown``.
-    """
+    def start(self, job: Job, run_dir: Path, reporter: Reporter) -> None:
+        """Called once the job is prepared (a cluster ships the run to its workers)."""
+
+    def tile_task(self, job: Job, store, program, sample: int, scale: int, seed: int,
+                  coarser_name: str | None) -> Callable:
+        """The graph's task for one scale: called with ``(wave, tile, deps)``, returns
+        ``(seconds, computed)``; what travels to a worker is up to the executor."""
+
+    def run_graph(self, dsk: dict, keys: list, on_done: Callable) -> None:
+        """Run a task graph to its ``keys``, calling ``on_done(key, result)`` per task."""
+
+    def shutdown(self) -> None:
+        """Release pools, processes or the cluster connection."""
+
+
+class SyncExecutor:
+    """Tile tasks one after another in this thread (Dask's synchronous scheduler); the
+    :class:`Executor` every other scheduler follows."""
 
     def start(self, job: Job, run_dir: Path, reporter: Reporter) -> None:
         pass
@@ -195,7 +214,7 @@ def _callback(on_done):
 
 
 def generate(job: Job, store, seed: int, sample: int, reporter: Reporter,
-             executor=None) -> str:
+             executor: Executor | None = None) -> str:
     """Run every scale of one sample (coarse to fine); returns the finest result's name."""
     coarser = None
     for s in reversed(range(job.plan.num_scales)):
@@ -228,7 +247,7 @@ def pixel_reader(job: Job, store, name: str, reporter: Reporter | None = None):
     return job.codec.decoder(lambda r: store.read(name, r), job.contexts[0].domain, reporter)
 
 
-def make_executor(cfg: JobConfig, run_dir: Path | None = None):
+def make_executor(cfg: JobConfig, run_dir: Path | None = None) -> Executor:
     """The tile executor of ``engine.scheduler``.
 
     ``sync``: tiles in this thread. ``threads``: a thread pool sharing this process's job.
