@@ -58,18 +58,10 @@ def run(
 ) -> None:
     """Run a job: generate images into the run directory."""
 
-    from gigasid.codecs import make_codec
     from gigasid.config import load_config
     from gigasid.engine.allocator import tune_malloc
     from gigasid.engine.execute import is_cluster
-    from gigasid.engine.job import (
-        check_input_files,
-        get_app,
-        inputs_fingerprint,
-        job_files,
-        reference_shapes,
-        resolve_device,
-    )
+    from gigasid.engine.job import check_job, inputs_fingerprint, job_files
     from gigasid.engine.lock import RunLock
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.run_dir import (
@@ -88,12 +80,9 @@ def run(
     out = out or Path("runs") / cfg.name
     for f in cfg.input_paths():
         image_shape(f)  # a missing or unreadable file -> InputError with the full message
-    job_app = get_app(cfg.app)
-    check_input_files(job_app.input_files(cfg))
-    job_app.preflight(cfg, reference_shapes(cfg))  # model weights, size limits: no work yet
-    # A missing, gated or corrupt VAE stops the run here, before the run directory is
-    # touched (the loaded model is cached for the job).
-    make_codec(cfg, resolve_device(cfg.device))
+    # Extra inputs, model weights (a missing, gated or corrupt VAE), size limits and the
+    # plan: checked once, here, before the run directory is touched; the job reuses them.
+    checked = check_job(cfg)
     files = job_files(cfg)
     input_sha = inputs_fingerprint(files)
     fingerprint = job_fingerprint(cfg, input_sha)
@@ -101,7 +90,7 @@ def run(
     # (a new directory right after it is created); a dead driver's lock is already gone.
     lock = RunLock(out).acquire() if out.is_dir() else None
     guard_job(out, fingerprint, fresh)
-    check_disk(cfg, out)
+    check_disk(checked.plan, out)
     # A cluster is reached (or a local one started) before the run directory is created and
     # before any index is built: an unreachable scheduler costs seconds, not the setup.
     executor = None
@@ -132,7 +121,7 @@ def run(
     reporter = Fanout(log, screen)
     try:
         try:
-            job = prepare(cfg, reporter, run_dir=out)
+            job = prepare(cfg, reporter, run_dir=out, checked=checked)
         except BaseException:
             if executor is not None:
                 executor.shutdown()

@@ -305,10 +305,39 @@ def build_dataset(spec: DatasetSpec, scale: int, patch: int, stride: int, backen
     return data, allowed
 
 
+@dataclass
+class Checked:
+    """What the checks before any work established, made once: the application, the
+    references' shapes, the device, the codec (its model loaded) and the plan."""
+
+    app: object
+    shapes: list[tuple[int, int]]
+    device: str
+    codec: object
+    plan: JobPlan
+
+
+def check_job(cfg: JobConfig) -> Checked:
+    """Every check that needs no heavy work: extra input files, the application's
+    preflight (model weights, size limits), the codec's model and the plan (sizes a
+    pyramid cannot take). Raises a :class:`~gigasid.errors.GigasidError` that says what to
+    change; touches no file."""
+    device = resolve_device(cfg.device)
+    app = get_app(cfg.app)
+    check_input_files(app.input_files(cfg))
+    shapes = reference_shapes(cfg)
+    app.preflight(cfg, shapes)
+    codec = make_codec(cfg, device)
+    plan = make_plan(cfg, shapes, device, 3, app, codec)
+    return Checked(app, shapes, device, codec, plan)
+
+
 def prepare(cfg: JobConfig, reporter: Reporter | None = None,
-            run_dir: Path | None = None) -> Job:
+            run_dir: Path | None = None, checked: Checked | None = None) -> Job:
     """Load the references, plan the job, let the application prepare, build the datasets.
 
+    ``checked`` is :func:`check_job`'s result when the caller already ran the checks (the
+    CLI does, before it touches the run directory); otherwise they run here.
     For a persistent (Zarr) run in ``run_dir``, ANN indexes are loaded from ``RUN/index``
     (memory-mapped) when present and saved there when built, so a resumed run and every
     worker process share one trained index per scale and dataset.
@@ -316,18 +345,12 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     from gigasid.io.images import file_fingerprint, load_image
 
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
     set_threads(cfg.engine.threads)
-    app = get_app(cfg.app)
+    checked = checked or check_job(cfg)
+    app, device, codec, plan = checked.app, checked.device, checked.codec, checked.plan
     paths = cfg.input_paths()
-    named = app.input_files(cfg)
-    check_input_files(named)
-    extra = [Path(p) for p in named.values()]
-    shapes = reference_shapes(cfg)
-    app.preflight(cfg, shapes)
+    extra = [Path(p) for p in app.input_files(cfg).values()]
     fps = [file_fingerprint(p) for p in paths]
-    codec = make_codec(cfg, device)
-    plan = make_plan(cfg, shapes, device, 3, app, codec)
     refs = _load_references(cfg, plan, device, run_dir, fps, codec, reporter)
 
     def load_reference(path: Path) -> torch.Tensor:

@@ -70,19 +70,16 @@ def write_job_file(out: Path, cfg, fingerprint: str, files: list[Path],
     (out / "job.yaml").write_text(yaml.safe_dump(job_doc, sort_keys=False))
 
 
-def check_disk(cfg, out: Path) -> None:
-    """Refuse to start a streamed job whose estimated footprint exceeds the free space."""
+def check_disk(plan, out: Path) -> None:
+    """Refuse to start a streamed job whose estimated footprint (``plan``) exceeds the free
+    space where ``out`` is (or will be)."""
     import os
     import shutil
 
-    from gigasid.engine.job import reference_shapes
-    from gigasid.engine.plan import make_plan
-    from gigasid.engine.runner import resolve_device
     from gigasid.engine.store import DiskFullError
 
     if (out / "data.zarr").exists() or os.environ.get("GIGASID_SKIP_DISK_CHECK"):
         return  # a resumed run was checked when it started
-    plan = make_plan(cfg, reference_shapes(cfg), resolve_device(cfg.device))
     if plan.store != "zarr":
         return
     probe = out
