@@ -61,7 +61,7 @@ def run(
     from gigasid.config import load_config
     from gigasid.engine.allocator import tune_malloc
     from gigasid.engine.execute import is_cluster
-    from gigasid.engine.job import check_job, inputs_fingerprint, job_files
+    from gigasid.engine.job import check_job
     from gigasid.engine.lock import RunLock
     from gigasid.engine.progress import Fanout, JsonlLog, PlainReporter, RichReporter
     from gigasid.engine.run_dir import (
@@ -83,8 +83,7 @@ def run(
     # Extra inputs, model weights (a missing, gated or corrupt VAE), size limits and the
     # plan: checked once, here, before the run directory is touched; the job reuses them.
     checked = check_job(cfg)
-    files = job_files(cfg)
-    input_sha = inputs_fingerprint(files)
+    files, input_sha = checked.files, checked.input_sha256
     fingerprint = job_fingerprint(cfg, input_sha)
     # One driver at a time: an existing run is locked before anything reads or clears it
     # (a new directory right after it is created); a dead driver's lock is already gone.

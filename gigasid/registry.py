@@ -25,8 +25,7 @@ def _load() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import importlib
-    import importlib.util
+    import importlib.util  # binds importlib too
     import pkgutil
 
     # the package is found by name, not imported here: its modules import this one

@@ -141,11 +141,8 @@ def reference_shapes(cfg: JobConfig) -> list[tuple[int, int]]:
     return [resized_shape(image_shape(p), cfg.input_resize_to) for p in cfg.input_paths()]
 
 
-def inputs_fingerprint(paths: list[Path]) -> str:
-    """One SHA-256 over every input file (a single file keeps its own digest)."""
-    from gigasid.io.images import file_fingerprint
-
-    digests = [file_fingerprint(p) for p in paths]
+def combine_digests(digests: list[str]) -> str:
+    """The files' SHA-256 digests as one (a single file keeps its own)."""
     if len(digests) == 1:
         return digests[0]
     return hashlib.sha256("".join(digests).encode()).hexdigest()
@@ -315,13 +312,23 @@ class Checked:
     device: str
     codec: object
     plan: JobPlan
+    files: list[Path]  # every file the job reads (job_files)
+    digests: list[str]  # their SHA-256, read once
+
+    @property
+    def input_sha256(self) -> str:
+        """One digest of every input file (what resume compares)."""
+        return combine_digests(self.digests)
 
 
 def check_job(cfg: JobConfig) -> Checked:
     """Every check that needs no heavy work: extra input files, the application's
     preflight (model weights, size limits), the codec's model and the plan (sizes a
-    pyramid cannot take). Raises a :class:`~gigasid.errors.GigasidError` that says what to
-    change; touches no file."""
+    pyramid cannot take); then each input file's digest, read once for the whole job.
+    Raises a :class:`~gigasid.errors.GigasidError` that says what to change; writes
+    nothing."""
+    from gigasid.io.images import file_fingerprint
+
     device = resolve_device(cfg.device)
     app = get_app(cfg.app)
     check_input_files(app.input_files(cfg))
@@ -329,7 +336,9 @@ def check_job(cfg: JobConfig) -> Checked:
     app.preflight(cfg, shapes)
     codec = make_codec(cfg, device)
     plan = make_plan(cfg, shapes, device, 3, app, codec)
-    return Checked(app, shapes, device, codec, plan)
+    files = job_files(cfg, app)
+    return Checked(app, shapes, device, codec, plan, files,
+                   [file_fingerprint(p) for p in files])
 
 
 def prepare(cfg: JobConfig, reporter: Reporter | None = None,
@@ -350,8 +359,10 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     app, device, codec, plan = checked.app, checked.device, checked.codec, checked.plan
     paths = cfg.input_paths()
     extra = [Path(p) for p in app.input_files(cfg).values()]
-    fps = [file_fingerprint(p) for p in paths]
+    fps = checked.digests[: len(paths)]
     refs = _load_references(cfg, plan, device, run_dir, fps, codec, reporter)
+
+    digest_of = dict(zip(map(str, checked.files), checked.digests, strict=True))
 
     def load_reference(path: Path) -> torch.Tensor:
         # an extra image that plays a reference's part (analogy's structure): cropped and
@@ -360,7 +371,8 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
 
         shape = image_shape(path)
         return encode_image(codec, Path(path), codec.crop_box(shape), run_dir,
-                            file_fingerprint(path), reporter, "extra",
+                            digest_of.get(str(path)) or file_fingerprint(path), reporter,
+                            "extra",
                             stream=refmod.streams(cfg.engine.reference, shape))
 
     def input_image(i: int) -> torch.Tensor:
@@ -400,7 +412,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
                 else ann
             contexts[s].denoisers[name] = make_denoiser(sp.backend, data, compute, settings,
                                                         index_path=path)
-    job = Job(cfg, plan, app, view, input_sha256=inputs_fingerprint(paths + extra),
+    job = Job(cfg, plan, app, view, input_sha256=checked.input_sha256,
               codec=codec)
     job.setup_seconds = time.perf_counter() - t0
     return job
