@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -228,6 +229,46 @@ def test_done_tiles_become_constants():
                                    if not (w == 1 and t < 3))
 
 
+
+
+def _record(calls, w, t, _deps):
+    calls.append((w, t))
+
+
+def _run_in_order_trace(deps, done):
+    """Run a scale graph with :func:`graph.run_in_order`; every task checks that each key it
+    names has run (or is a constant). Returns the tasks run and the keys reported."""
+    ran, reported = [], []
+
+    def task(w, t, values):
+        needed = dsk[("s", w, t)][3]
+        assert all(k in reported or not isinstance(dsk[k], tuple) for k in needed)
+        assert len(values) == len(needed)
+        ran.append((w, t))
+        return (w, t)
+
+    dsk, keys = graph.scale_graph("s", deps, task, done)
+    values = graph.run_in_order(dsk, keys, lambda key, value: reported.append(key))
+    assert all(values[k] == (k[1], k[2]) for k in keys if isinstance(dsk[k], tuple))
+    return ran, reported
+
+
+def test_run_in_order_runs_each_task_once_after_what_it_needs():
+    """The one-thread runner against Dask's synchronous scheduler: the same tasks, each once,
+    never before a key it names, and ``on_done`` for tasks only (not the constants)."""
+    import dask.local
+
+    ctx = _ctx((70, 90))
+    tiles = tile_grid(ctx.shape, 16)
+    deps = graph.wave_dependencies(graph.read_sets(ctx, 16, tiles, _transitions(4)),
+                                   len(tiles))
+    for done in (lambda w, t: False, lambda w, t: w == 0 or (w == 1 and t % 2 == 0)):
+        ran, reported = _run_in_order_trace(deps, done)
+        calls: list = []
+        want, keys = graph.scale_graph("s", deps, functools.partial(_record, calls), done)
+        dask.local.get_sync(want, keys)
+        assert sorted(ran) == sorted(calls) and len(ran) == len(set(ran))
+        assert [k for k in reported if k[1] != "wave"] == [("s", w, t) for w, t in ran]
 
 
 def test_asymmetric_reads_are_safe_under_replays():

@@ -76,6 +76,10 @@ REFINE_K = 8
 #: :meth:`AnnDenoiser._project_queries`).
 MIN_GEMM_ROWS = 64
 
+#: Most patches the PCA basis of the ANN search is computed from (evenly spaced rows of the
+#: index's seeded training sample): its float64 covariance costs ``rows * D^2``.
+PCA_ROWS = 4096
+
 #: Largest IVF-Flat index (list bytes) that the compiled search copies into its layout.
 IVF_KERNEL_MAX_BYTES = 256 * 2**20
 
@@ -293,10 +297,12 @@ class AnnDenoiser:
             sample = self.src.gather(torch.from_numpy(pick).to(self.src.device))
         else:
             sample = self.src.block(0, self.n)
-        # PCA basis of the search space, from the covariance of a seeded sample. float32
-        # is plenty for a basis that only ranks candidates (their weights are exact).
+        # PCA basis of the search space, from the covariance of at most PCA_ROWS patches
+        # of the seeded sample: a basis that only ranks candidates (their weights are
+        # exact) needs its leading directions, not every digit of the covariance.
         if 0 < s.pca_dim < self.dim:
-            mu, proj = pca_basis(_host(sample[:: max(1, sample.shape[0] // 8192)]), s.pca_dim)
+            step = -(-sample.shape[0] // PCA_ROWS)
+            mu, proj = pca_basis(_host(sample[::step]), s.pca_dim)
             self.mu, self.proj = mu.to(self.src.device), proj.to(self.src.device)
         else:
             self.mu, self.proj = None, None

@@ -138,7 +138,7 @@ class Executor(Protocol):
 
 
 class SyncExecutor:
-    """Tile tasks one after another in this thread (Dask's synchronous scheduler); the
+    """Tile tasks one after another in this thread (:func:`graph.run_in_order`); the
     :class:`Executor` every other scheduler follows."""
 
     def start(self, job: Job, run_dir: Path, reporter: Reporter) -> None:
@@ -149,9 +149,7 @@ class SyncExecutor:
                        coarser_name)
 
     def run_graph(self, dsk: dict, keys: list, on_done) -> None:
-        import dask.local
-
-        dask.local.get_sync(dsk, keys, callbacks=[_callback(on_done)])
+        graph.run_in_order(dsk, keys, on_done)
 
     def shutdown(self) -> None:
         pass

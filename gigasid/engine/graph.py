@@ -118,3 +118,50 @@ def scale_graph(name: str, deps: list[list[list[int]]], task: Callable,
 
 def _joined(_values) -> float:
     return 0.0
+
+
+def _is_task(node) -> bool:
+    return isinstance(node, tuple) and len(node) > 0 and callable(node[0])
+
+
+def _keys_in(arg, dsk: dict) -> list:
+    """The graph keys an argument of a task names (a key, or a list of keys)."""
+    if isinstance(arg, list):
+        return [a for a in arg if isinstance(a, tuple) and a in dsk]
+    return [arg] if isinstance(arg, tuple) and arg in dsk else []
+
+
+def run_in_order(dsk: dict, keys: Sequence[Key], on_done: Callable[[Key, object], None]) -> dict:
+    """Run a graph of :func:`scale_graph`'s form in this thread; returns every key's value.
+
+    A task ``(func, *args)`` runs once every key among its arguments (a key, or a list of
+    keys) has a value, with those values in their place; any other node is a constant.
+    Tasks run depth first from ``keys`` in their order (what Dask's synchronous scheduler
+    does, without importing Dask for a one-thread run); ``on_done(key, value)`` follows
+    each task, not the constants.
+    """
+    values: dict = {}
+
+    def resolve(arg):
+        if isinstance(arg, list):
+            return [values[a] if isinstance(a, tuple) and a in dsk else a for a in arg]
+        return values[arg] if isinstance(arg, tuple) and arg in dsk else arg
+
+    for root in keys:
+        stack = [(root, False)]
+        while stack:
+            key, ready = stack.pop()
+            if key in values:
+                continue
+            node = dsk[key]
+            if not _is_task(node):
+                values[key] = node
+            elif ready:
+                values[key] = value = node[0](*(resolve(a) for a in node[1:]))
+                on_done(key, value)
+            else:
+                stack.append((key, True))
+                for arg in reversed(node[1:]):
+                    stack.extend((k, False) for k in reversed(_keys_in(arg, dsk))
+                                 if k not in values)
+    return values
