@@ -257,7 +257,8 @@ def view(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     fmt: Annotated[list[str], typer.Option("--format", "-f", help="tiff, dzi, png, jpeg, "
-                                           "zarr, preview or viewer (repeatable).")],
+                                           "zarr, ome-zarr, iiif, preview or viewer "
+                                           "(repeatable).")],
     sample: Annotated[int, typer.Option("--sample", "-s", help="Which sample.")] = 0,
     to: Annotated[Optional[Path], typer.Option("--to", help="Output folder "  # noqa: UP045
                                                "(default: the sample's out/ folder).")] = None,

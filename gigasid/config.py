@@ -456,10 +456,12 @@ def validate(cfg: JobConfig) -> None:
         _check_range("engine.threads", cfg.engine.threads, 1, 1024)
     o = cfg.output
     for fmt in o.formats:
-        _check_choice("output.formats", fmt, ("png", "tiff", "dzi", "preview", "viewer", "zarr"))
-    if "viewer" in o.formats and ("dzi" not in o.formats or o.dzi_container != "fs"):
-        raise ConfigError("output.formats: 'viewer' needs 'dzi' with output.dzi_container: fs "
-                          "(the viewer reads loose tiles)")
+        _check_choice("output.formats", fmt, ("png", "tiff", "dzi", "preview", "viewer", "zarr",
+                                              "ome-zarr", "iiif"))
+    loose_dzi = "dzi" in o.formats and o.dzi_container == "fs"
+    if "viewer" in o.formats and not (loose_dzi or "iiif" in o.formats):
+        raise ConfigError("output.formats: 'viewer' needs 'dzi' with output.dzi_container: fs, "
+                          "or 'iiif' (the viewer reads loose tiles)")
     _check_choice("output.tiff_compression", o.tiff_compression,
                   ("jpeg", "deflate", "webp", "lzw", "none"))
     _check_range("output.quality", o.quality, 1, 100)

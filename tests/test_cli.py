@@ -149,6 +149,23 @@ def test_export_and_view_commands(tmp_path, small_ref):
         proc.wait(timeout=10)
 
 
+def test_run_writes_ome_zarr_and_iiif_on_request(tmp_path, small_ref):
+    """``output.formats`` reaches the OME-Zarr and IIIF exports from a run; the viewer then
+    reads the IIIF tiles (no DeepZoom pyramid asked for)."""
+    out = tmp_path / "run"
+    r = run_cli("run", REPO / "configs" / "demo.yaml", f"input={small_ref}", "num_samples=1",
+                "num_steps=2", "output.formats=[png,ome-zarr,iiif,viewer]", "--out", out,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    group = json.loads((out / "out" / "image.ome.zarr" / "zarr.json").read_text())
+    assert group["attributes"]["ome"]["version"] == "0.5"
+    info = json.loads((out / "out" / "iiif" / "info.json").read_text())
+    assert (info["width"], info["height"]) == (80, 64)
+    assert (out / "out" / "index.html").is_file() and not (out / "out" / "image.dzi").exists()
+    r = _bad(tmp_path, "output.formats=[png,viewer]")
+    assert r.returncode == 2 and "iiif" in r.stderr
+
+
 def test_uncond_preset_shows_every_common_key():
     """configs/uncond.yaml promises to show every key with its default."""
     import yaml

@@ -56,6 +56,22 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def iiif_site(tmp_path_factory) -> Path:
+    """The viewer on IIIF Image API 3.0 tiles only (no DeepZoom pyramid)."""
+    out = tmp_path_factory.mktemp("iiif-site")
+    export_all(
+        textured(1500, 2000),
+        out,
+        ExportOptions(),
+        PROVENANCE,
+        formats=("iiif", "viewer"),
+        title="IIIF picture",
+    )
+    assert not (out / "image_files").exists()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # page content
 
@@ -186,16 +202,24 @@ def screenshot_std(page, path: Path) -> float:
     return float(pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].std())
 
 
-@pytest.mark.parametrize("transport", ["file", "http"])
-def test_viewer_in_headless_chromium(browser, site: Path, tmp_path: Path, transport) -> None:
+def check_in_browser(browser, site: Path, tmp_path: Path, transport: str) -> list[str]:
+    """Open the viewer, zoom to the deepest level, assert no error and no failed request.
+
+    Returns the URLs of the images the page loaded.
+    """
     server = serve(site, open_browser=False) if transport == "http" else None
     try:
         url = (server.url + "index.html") if server else (site / "index.html").as_uri()
         page = browser.new_page(viewport={"width": 900, "height": 700})
         page_errors: list[str] = []
         bad_responses: list[str] = []
+        images: list[str] = []
         page.on("pageerror", lambda exc: page_errors.append(str(exc)))
         page.on("requestfailed", lambda req: bad_responses.append(f"failed {req.url}"))
+        page.on(
+            "requestfinished",
+            lambda req: images.append(req.url) if req.resource_type == "image" else None,
+        )
         page.on(
             "response",
             lambda resp: (
@@ -225,3 +249,22 @@ def test_viewer_in_headless_chromium(browser, site: Path, tmp_path: Path, transp
     finally:
         if server is not None:
             server.stop()
+    return images
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_viewer_in_headless_chromium(browser, site: Path, tmp_path: Path, transport) -> None:
+    images = check_in_browser(browser, site, tmp_path, transport)
+    assert any("/image_files/" in url for url in images)
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_iiif_viewer_in_headless_chromium(
+    browser, iiif_site: Path, tmp_path: Path, transport
+) -> None:
+    images = check_in_browser(browser, iiif_site, tmp_path, transport)
+    tiles = [url for url in images if "/iiif/" in url]
+    assert tiles and all(url.endswith("/0/default.jpg") for url in tiles)
+    # full-resolution tiles (scale factor 1: region size == tile size) were loaded too
+    full = [u for u in tiles if re.search(r"/iiif/\d+,\d+,(\d+),(\d+)/\1,\2/0/", u)]
+    assert full, tiles

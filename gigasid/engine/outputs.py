@@ -74,7 +74,7 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
         # one writer for both stores: the same pixels give the same file
         png = Path(out_dir) / f"sample_{sample:03d}.png"
         written["png"] = str(export.export_png(image, png))
-    deep = [f for f in fmts if f in ("tiff", "dzi", "preview", "viewer")]
+    deep = [f for f in fmts if f in ("tiff", "dzi", "preview", "viewer", "ome-zarr", "iiif")]
     if deep:
         o = job.cfg.output
         opts = export.ExportOptions(

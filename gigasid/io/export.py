@@ -18,6 +18,9 @@ Outputs
   (:mod:`gigasid.io.deepzoom`),
 * a JPEG preview, plain PNG / JPEG, refused beyond the formats' limits (:mod:`gigasid.io.plain`),
   a Zarr copy (:mod:`gigasid.io.image_zarr`),
+* an OME-Zarr multiscale image (``image.ome.zarr/``, OME-NGFF 0.5; :mod:`gigasid.io.ome_zarr`),
+  built with numpy from the source array itself, not through libvips,
+* IIIF Image API 3.0 level-0 static tiles (``iiif/`` with ``info.json``; :mod:`gigasid.io.iiif`),
 * the offline deep-zoom viewer (see :mod:`gigasid.io.viewer`), via :func:`export_all`.
 
 Layout
@@ -60,6 +63,7 @@ from gigasid.io.export_options import (
     ExportOptions,
     _check_choice,
 )
+from gigasid.io.iiif import export_iiif
 from gigasid.io.image_zarr import (
     IMAGE_BAND_BYTES,
     create_image_zarr,
@@ -67,6 +71,7 @@ from gigasid.io.image_zarr import (
     image_band_rows,
     write_image_zarr,
 )
+from gigasid.io.ome_zarr import export_ome_zarr, ome_zarr_layout
 from gigasid.io.output_files import _write_provenance_json
 from gigasid.io.pixel_blocks import _image_shape
 from gigasid.io.plain import _check_plain_limits, export_jpeg, export_png, export_preview
@@ -90,7 +95,9 @@ __all__ = [
     "create_image_zarr",
     "export_all",
     "export_dzi",
+    "export_iiif",
     "export_jpeg",
+    "export_ome_zarr",
     "export_png",
     "export_preview",
     "export_tiff",
@@ -121,9 +128,11 @@ def export_all(
 
     Files: ``tiff`` -> ``image.tif``; ``dzi`` -> ``image.dzi`` + ``image_files/`` (or
     ``image.zip``) + ``image.provenance.json``; ``preview`` -> ``preview.jpg``; ``viewer`` ->
-    ``index.html`` + ``viewer/`` (needs ``dzi`` with the ``fs`` container); ``png`` ->
-    ``image.png``; ``jpeg`` -> ``image.jpg``; ``zarr`` -> ``image.zarr``. When provenance is given
-    it is also written to ``provenance.json``.
+    ``index.html`` + ``viewer/`` (needs ``dzi`` with the ``fs`` container, or ``iiif``; it shows
+    the DeepZoom pyramid when both are written); ``png`` -> ``image.png``; ``jpeg`` ->
+    ``image.jpg``; ``zarr`` -> ``image.zarr``; ``ome-zarr`` -> ``image.ome.zarr/``; ``iiif`` ->
+    ``iiif/info.json`` + tiles. When provenance is given it is also written to
+    ``provenance.json``.
 
     Every request is validated (options, format names, PNG/JPEG size limits) before any pixel is
     read; temporary files are removed whatever happens.
@@ -131,7 +140,8 @@ def export_all(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8.
+        Array-like of shape ``(H, W, 3)``, dtype uint8. ``ome-zarr`` alone also takes 1 or 4
+        channels and uint16 or float32 pixels (:func:`~gigasid.io.ome_zarr.ome_zarr_layout`).
     out_dir
         Output directory (created if needed).
     options
@@ -141,7 +151,8 @@ def export_all(
     formats
         Subset of ``ALL_FORMATS``.
     title
-        Viewer title; default ``provenance["title"]`` or ``"gigasid image"``.
+        Viewer title (and name of the OME-Zarr image); default ``provenance["title"]`` or
+        ``"gigasid image"`` (``"image"`` for OME-Zarr).
     bridge_method
         ``"raw"`` or ``"tiff"`` (see :mod:`gigasid.io.vips_bridge`).
     parallel
@@ -166,12 +177,16 @@ def export_all(
         )
     if not fmts:
         raise ValueError("no export format requested; allowed values are " + ", ".join(ALL_FORMATS))
-    if "viewer" in fmts and ("dzi" not in fmts or options.dzi_container != "fs"):
+    loose_dzi = "dzi" in fmts and options.dzi_container == "fs"
+    if "viewer" in fmts and not (loose_dzi or "iiif" in fmts):
         raise ValueError(
             "the 'viewer' format needs 'dzi' with dzi_container='fs' (OpenSeadragon reads loose "
-            "tiles, not a zip)"
+            "tiles, not a zip) or 'iiif'"
         )
-    height, width = _image_shape(image)
+    if "ome-zarr" in fmts:
+        height, width = ome_zarr_layout(image)[:2]
+    if fmts != ["ome-zarr"]:  # every other format reads uint8 RGB
+        height, width = _image_shape(image)
     for fmt in ("png", "jpeg"):
         if fmt in fmts:
             _check_plain_limits(fmt, height, width)
@@ -184,8 +199,18 @@ def export_all(
         written["provenance"] = _write_provenance_json(out / "provenance.json", provenance)
     if "zarr" in fmts:
         written["zarr"] = export_zarr(image, out / "image.zarr", provenance=provenance)
+    if "ome-zarr" in fmts:
+        log.info("exporting ome-zarr (%dx%d)", width, height)
+        written["ome-zarr"] = export_ome_zarr(
+            image,
+            out / "image.ome.zarr",
+            options,
+            provenance,
+            name=title or str((provenance or {}).get("title") or "image"),
+        )
+        _release_free_memory()
 
-    vips_formats = [f for f in fmts if f in ("tiff", "dzi", "preview", "png", "jpeg")]
+    vips_formats = [f for f in fmts if f in ("tiff", "dzi", "preview", "png", "jpeg", "iiif")]
     if vips_formats:
         with VipsBridge(image, out, method=bridge_method) as bridge:
             jobs: dict[str, Callable[[], Path]] = {
@@ -206,6 +231,7 @@ def export_all(
                 "jpeg": lambda: export_jpeg(
                     image, out / "image.jpg", options.quality, bridge=bridge
                 ),
+                "iiif": lambda: export_iiif(image, out / "iiif", options, bridge=bridge),
             }
             workers = min(len(vips_formats), _cpu_count()) if parallel else 1
             if workers <= 1:
@@ -232,5 +258,6 @@ def export_all(
 
         if title is None:
             title = str((provenance or {}).get("title") or "gigasid image")
-        written["viewer"] = write_viewer(out, written["dzi"], title, provenance)
+        source = written["dzi"] if loose_dzi else written["iiif"]
+        written["viewer"] = write_viewer(out, source, title, provenance)
     return written

@@ -37,7 +37,7 @@ PNG_MAX_SIDE = 2**31 - 1
 PNG_MAX_PIXELS = 2**30
 
 #: Formats :func:`~gigasid.io.export.export_all` knows.
-ALL_FORMATS = ("tiff", "dzi", "preview", "viewer", "png", "jpeg", "zarr")
+ALL_FORMATS = ("tiff", "dzi", "preview", "viewer", "png", "jpeg", "zarr", "ome-zarr", "iiif")
 #: Formats :func:`~gigasid.io.export.export_all` writes by default.
 DEFAULT_FORMATS = ("tiff", "dzi", "preview", "viewer")
 
@@ -60,12 +60,14 @@ class ExportOptions:
         Tile width and height of the pyramidal TIFF, in pixels (multiple of 16, 16..4096).
         DeepZoom tiles are ``tile_size - 2 * dzi_overlap`` pixels plus the overlap on each side,
         so each tile file is ``tile_size`` pixels square (the size viewers prefer), unless
-        ``dzi_tile_size`` says otherwise.
+        ``dzi_tile_size`` says otherwise. IIIF tiles are ``tile_size`` square too, and the
+        OME-Zarr pyramid has the TIFF's levels (halvings until a level fits in one tile).
     tiff_compression
         Compression of the TIFF tiles: ``"jpeg"``, ``"deflate"``, ``"webp"``, ``"lzw"`` or
         ``"none"``. ``deflate``, ``lzw`` and ``none`` are lossless.
     quality
-        Quality factor (1..100) of JPEG and WebP encodings (TIFF tiles, DeepZoom tiles, preview).
+        Quality factor (1..100) of JPEG and WebP encodings (TIFF tiles, DeepZoom and IIIF tiles,
+        preview).
     dzi_tile_format
         Encoding of DeepZoom tiles: ``"jpg"``, ``"png"`` or ``"webp"``.
     dzi_overlap
@@ -79,6 +81,12 @@ class ExportOptions:
     dzi_tile_size
         DeepZoom ``TileSize`` (without the overlap). ``None`` means ``tile_size - 2 *
         dzi_overlap``.
+    iiif_base_url
+        URL of the directory that will serve the IIIF tile directory (``iiif/``): the IIIF
+        ``id`` written in ``info.json`` is this URL plus ``/iiif``, and IIIF clients build every
+        tile's URL from it. An ``http://`` or ``https://`` URL without quotes, backslashes or
+        white space. The default suits ``python -m http.server`` run in the output directory;
+        the offline viewer does not use it.
     """
 
     tile_size: int = 256
@@ -89,6 +97,7 @@ class ExportOptions:
     dzi_container: str = "fs"
     preview_long_side: int = 1024
     dzi_tile_size: int | None = None
+    iiif_base_url: str = "http://localhost:8000"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -116,6 +125,7 @@ class ExportOptions:
         _check_int("preview_long_side", self.preview_long_side, 1, JPEG_MAX_SIDE)
         if self.dzi_tile_size is not None:
             _check_int("dzi_tile_size", self.dzi_tile_size, 1, 8192)
+        _check_url("iiif_base_url", self.iiif_base_url)
         dzi_tile = self.effective_dzi_tile_size
         if dzi_tile < 1 or self.dzi_overlap * 2 > dzi_tile:
             raise ValueError(
@@ -129,6 +139,21 @@ def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(
             f"invalid {name} {value!r}: allowed values are " + ", ".join(map(repr, allowed))
+        )
+
+
+def _check_url(name: str, value: object) -> None:
+    # the URL goes verbatim into info.json (libvips does not escape it) and into tile URLs
+    if (
+        not isinstance(value, str)
+        or not value.startswith(("http://", "https://"))
+        or not value.split("://", 1)[1].strip("/")
+        or any(ch.isspace() or ch in '"\\<>' or ord(ch) < 32 for ch in value)
+    ):
+        raise ValueError(
+            f"{name} must be an http:// or https:// URL without quotes, backslashes or white "
+            f"space (where the tiles will be served, e.g. 'https://example.org/images/run1'), "
+            f"got {value!r}"
         )
 
 

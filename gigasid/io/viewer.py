@@ -1,11 +1,16 @@
-"""Offline deep-zoom viewer: an ``index.html`` next to a DeepZoom pyramid.
+"""Offline deep-zoom viewer: an ``index.html`` next to a DeepZoom pyramid or IIIF tiles.
 
 The page uses the OpenSeadragon build vendored in ``gigasid/io/static/openseadragon`` (copied to
 ``<out_dir>/viewer/`` together with its BSD licence), never a CDN, so it works with no network.
-The DeepZoom descriptor is embedded in the page as an inline tile source: browsers refuse the
-XMLHttpRequest that would fetch ``image.dzi`` from a ``file://`` page, whereas tiles are plain
-image loads, which they allow. Double-clicking ``index.html`` therefore works without a server;
-serving the directory over http (:func:`gigasid.io.serve.serve`) works too.
+The tile source's descriptor (the DeepZoom ``image.dzi``, or the IIIF ``info.json``) is embedded
+in the page as an inline tile source: browsers refuse the XMLHttpRequest that would fetch it from
+a ``file://`` page, whereas tiles are plain image loads, which they allow. Double-clicking
+``index.html`` therefore works without a server; serving the directory over http
+(:func:`gigasid.io.serve.serve`) works too.
+
+An IIIF ``info.json`` names its service by an absolute URL (``id``) from which clients build the
+tile URLs; the inlined copy has the tile directory's path relative to the page instead, so the
+page finds the tiles wherever the directory is opened or served from.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from gigasid.errors import GigasidError
+from gigasid.io.export_options import ExportError
+from gigasid.io.iiif import read_iiif_info
 
 __all__ = ["DziInfo", "ViewerError", "read_dzi", "write_viewer"]
 
@@ -95,8 +102,7 @@ def _json_for_script(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _caption(title: str, info: DziInfo, provenance: Mapping[str, Any] | None) -> str:
-    width, height = info["Width"], info["Height"]
+def _caption(title: str, width: int, height: int, provenance: Mapping[str, Any] | None) -> str:
     parts = [f"<strong>{html.escape(title)}</strong>"]
     mp = width * height / 1e6
     size = f"{width:,} &times; {height:,} px"
@@ -139,7 +145,8 @@ _PAGE = """<!DOCTYPE html>
 <script>
 (function () {{
   "use strict";
-  // The DeepZoom descriptor ({dzi_name}) is inlined: pages opened from file:// cannot fetch it.
+  // The tile source's descriptor ({source_name}) is inlined: pages opened from file:// cannot
+  // fetch it.
   var tileSource = {tile_source};
   var status = {{ opened: false, openFailed: 0, tileLoadFailed: 0, fullyLoaded: false,
                  errors: [] }};
@@ -191,9 +198,42 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
+def _dzi_source(out: Path, dzi: Path) -> tuple[dict[str, Any], int, int]:
+    """Inline OpenSeadragon tile source of a loose DeepZoom pyramid, and the image size."""
+    info = read_dzi(dzi)
+    files_dir = dzi.with_name(dzi.stem + "_files")
+    if not files_dir.is_dir():
+        raise ViewerError(f"tile directory {files_dir} of {dzi} is missing; re-run the export")
+    url = Path(os.path.relpath(files_dir.resolve(), out.resolve())).as_posix() + "/"
+    source = {
+        "Image": {
+            "xmlns": _DZ_NAMESPACE,
+            "Url": url,
+            "Format": info["Format"],
+            "Overlap": str(info["Overlap"]),
+            "TileSize": str(info["TileSize"]),
+            "Size": {"Width": str(info["Width"]), "Height": str(info["Height"])},
+        }
+    }
+    return source, info["Width"], info["Height"]
+
+
+def _iiif_source(out: Path, directory: Path) -> tuple[dict[str, Any], int, int]:
+    """Inline tile source of IIIF tiles: their ``info.json`` with a page-relative ``id``."""
+    try:
+        info = read_iiif_info(directory)
+    except ExportError as exc:
+        raise ViewerError(str(exc)) from exc
+    # OpenSeadragon builds each tile URL as id + "/" + region/size/rotation/quality: relative
+    # to the page, it works from file:// and from any server
+    relative = Path(os.path.relpath(directory.resolve(), out.resolve())).as_posix()
+    info["@id" if "@id" in info else "id"] = relative
+    return info, info["width"], info["height"]
+
+
 def write_viewer(
     out_dir: str | os.PathLike[str],
-    dzi_path: str | os.PathLike[str],
+    source_path: str | os.PathLike[str],
     title: str = "gigasid image",
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -203,9 +243,11 @@ def write_viewer(
     ----------
     out_dir
         Directory of the page (usually the run's ``out/``).
-    dzi_path
-        The ``.dzi`` descriptor; its ``<name>_files/`` directory must sit beside it (container
-        ``fs``). It should lie inside ``out_dir`` so that the directory can also be served.
+    source_path
+        What the page shows: a ``.dzi`` descriptor, whose ``<name>_files/`` directory must sit
+        beside it (container ``fs``), or IIIF tiles (their ``info.json`` or its directory, as
+        written by :func:`gigasid.io.iiif.export_iiif`). It should lie inside ``out_dir`` so
+        that the directory can also be served.
     title
         Page title, shown in the caption.
     provenance
@@ -219,19 +261,19 @@ def write_viewer(
     Raises
     ------
     ViewerError
-        If the descriptor or its tile directory is missing or invalid.
+        If the descriptor or its tiles are missing or invalid.
     """
     out = Path(out_dir)
-    dzi = Path(dzi_path)
-    if dzi.suffix.lower() != ".dzi":
+    src = Path(source_path)
+    if src.name == "info.json" or src.is_dir():
+        tile_source, width, height = _iiif_source(out, src.parent if src.is_file() else src)
+    elif src.suffix.lower() != ".dzi":
         raise ViewerError(
-            f"the viewer needs a .dzi descriptor with loose tiles, got {dzi}; export DeepZoom "
-            "with dzi_container='fs'"
+            f"the viewer needs a .dzi descriptor with loose tiles or IIIF tiles, got {src}; "
+            "export DeepZoom with dzi_container='fs', or IIIF"
         )
-    info = read_dzi(dzi)
-    files_dir = dzi.with_name(dzi.stem + "_files")
-    if not files_dir.is_dir():
-        raise ViewerError(f"tile directory {files_dir} of {dzi} is missing; re-run the export")
+    else:
+        tile_source, width, height = _dzi_source(out, src)
     out.mkdir(parents=True, exist_ok=True)
 
     assets = out / VIEWER_ASSETS_DIR
@@ -239,22 +281,11 @@ def write_viewer(
         shutil.rmtree(assets)
     _copy_tree(_static_root(), assets)
 
-    url = Path(os.path.relpath(files_dir.resolve(), out.resolve())).as_posix() + "/"
-    tile_source = {
-        "Image": {
-            "xmlns": _DZ_NAMESPACE,
-            "Url": url,
-            "Format": info["Format"],
-            "Overlap": str(info["Overlap"]),
-            "TileSize": str(info["TileSize"]),
-            "Size": {"Width": str(info["Width"]), "Height": str(info["Height"])},
-        }
-    }
     page = _PAGE.format(
         title=html.escape(title),
-        caption=_caption(title, info, provenance),
+        caption=_caption(title, width, height, provenance),
         assets=VIEWER_ASSETS_DIR,
-        dzi_name=re.sub(r"[^\w.\- ]", "_", dzi.name),  # inside a JS comment
+        source_name=re.sub(r"[^\w.\- ]", "_", src.name),  # inside a JS comment
         tile_source=_json_for_script(tile_source),
     )
     index = out / "index.html"
