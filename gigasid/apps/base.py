@@ -9,6 +9,8 @@ from the job comes through a :class:`JobView`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,21 @@ def uncond_program(view: JobView, scale: int, seed: int) -> ScaleProgram:
     return ScaleProgram(
         init=noise_init(seed, scale, ctx.schedule, ctx.channels, ctx.device),
         transitions=sampling_transitions(ctx.schedule.num_steps, view.eta, blend=not coarsest))
+
+
+@dataclass
+class Finish:
+    """A last step over one region of the finest result, after every scale.
+
+    ``apply(pixels)`` maps the result's ``(C, h, w)`` values on ``region`` (``(y0, y1, x0,
+    x1)`` in scale 0's stored coordinates) to the values to keep there. The engine runs it
+    once per sample on the whole region, never tiled (so it may visit pixels in any order,
+    e.g. sequentially), and saves its input before it writes the output: a run killed in
+    between resumes to the same bytes.
+    """
+
+    region: tuple[int, int, int, int]
+    apply: Callable[[torch.Tensor], torch.Tensor]
 
 
 class StepState:
@@ -189,6 +206,10 @@ class App:
     def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
         return uncond_program(view, scale, seed)
 
+    def finish(self, view: JobView, seed: int) -> Finish | None:
+        """An optional :class:`Finish` run on the finest result of the sample of ``seed``."""
+        return None
+
     # ---- outputs ------------------------------------------------------------------------
     def report(self, view: JobView, image: torch.Tensor) -> dict:
         """Metrics of a finished sample (``(C, H, W)`` in ``[0, 1]``) for timings.json."""
@@ -199,6 +220,6 @@ class App:
         return {}
 
 
-__all__ = ["App", "DatasetSpec", "JobView", "ScaleProgram", "StepState", "Transition",
+__all__ = ["App", "DatasetSpec", "Finish", "JobView", "ScaleProgram", "StepState", "Transition",
            "axis_kinds", "inversion_transitions", "noise_init", "sampling_transitions",
            "tensor_init", "uncond_program", "warm_init"]

@@ -30,6 +30,7 @@ from gigasid.apps.known import (
     hole_shares,
     known_program,
     known_pyramid,
+    texture_finish,
 )
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
@@ -41,6 +42,9 @@ class InpaintSection:
     # Noise level the coarsest scale starts from, over a smooth fill of the hole from its
     # surroundings (1.0: pure noise, as unconditional sampling).
     start_noise: float = 0.8
+    # After the finest scale, give every filled pixel the value of one known pixel, chosen to
+    # continue its neighbours and follow the fill's layout (gigasid.core.resynthesis).
+    texture_pass: bool = True
 
 
 @dataclass
@@ -118,6 +122,11 @@ class Inpaint(App):
         return known_program(view, scale, seed, self.known[scale], self.holes[scale],
                              view.settings.inpaint.start_noise,
                              hold=scale > 0 or view.settings.inpaint.hold_finest)
+
+    def finish(self, view: JobView, seed: int):
+        if not view.settings.inpaint.texture_pass:
+            return None
+        return texture_finish(view, self.known[0], self.holes[0], seed)
 
     def report(self, view: JobView, image) -> dict:
         ref = (view.references[0][0].float() + 1.0) / 2.0

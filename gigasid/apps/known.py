@@ -166,3 +166,60 @@ def known_program(view, scale: int, seed: int, known: torch.Tensor, hole: torch.
         prog.hold = fn
         prog.init = held_init(prog.init, fn, t0)
     return prog
+
+
+#: Largest region (pixels) the texture pass works on at once; beyond it the fill is left as
+#: sampled (the pass is sequential and holds its region in memory).
+TEXTURE_PASS_MAX_PIXELS = 64 * 2**20
+
+
+def texture_finish(view, known: torch.Tensor, hole: torch.Tensor, seed: int,
+                   offset: tuple[int, int] = (0, 0)):
+    """The texture pass of a held-region app (:mod:`gigasid.core.resynthesis`) as a
+    :class:`~gigasid.apps.base.Finish`, or None when there is nothing to do or the region is
+    too large.
+
+    The pass works on the hole's bounding box grown on every side by its larger side (at
+    least 32 px): the known pixels it copies come from there. Its layout candidates are the
+    finest scale's own ANN search (windows of the first reference; ``offset`` places that
+    reference on the canvas).
+    """
+    from gigasid.apps.base import Finish
+    from gigasid.core.resynthesis import resynthesize
+
+    ys, xs = torch.nonzero(hole, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    h, w = hole.shape
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    grow = max(32, y1 - y0, x1 - x0)
+    area = (max(0, y0 - grow), min(h, y1 + grow), max(0, x0 - grow), min(w, x1 + grow))
+    if (area[1] - area[0]) * (area[3] - area[2]) > TEXTURE_PASS_MAX_PIXELS:
+        view.event("texture_pass_skipped", reason="region too large", region=list(area))
+        return None
+    patch = view.contexts[0].patch
+    den = view.contexts[0].denoisers.get("main")
+    ref_w = view.references[0][0].shape[2]
+    aw = area[3] - area[2]
+
+    def candidates(windows):
+        idx = den.search(torch.from_numpy(windows), 1.0)
+        ok = idx >= 0
+        base = den.src._base[idx.clamp(min=0)]
+        if den.src._kind is not None:  # several references: only the first is on the canvas
+            ok &= den.src._kind[idx.clamp(min=0)] == 0
+        cy = base // ref_w + patch // 2 + offset[0] - area[0]
+        cx = base % ref_w + patch // 2 + offset[1] - area[2]
+        ok &= (cy >= 0) & (cy < area[1] - area[0]) & (cx >= 0) & (cx < aw)
+        return torch.where(ok, cy * aw + cx, -1).numpy()
+
+    search = (candidates if hasattr(den, "search") and hasattr(getattr(den, "src", None), "_base")
+              else None)
+    a0, a1, b0, b1 = area
+
+    def apply(pixels: torch.Tensor) -> torch.Tensor:
+        out = resynthesize(known[:, a0:a1, b0:b1].cpu().numpy(), hole[a0:a1, b0:b1].numpy(),
+                           pixels.cpu().numpy(), seed, search, search_patch=patch)
+        return torch.from_numpy(out)
+
+    return Finish(region=area, apply=apply)

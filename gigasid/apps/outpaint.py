@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from gigasid.apps.base import App, JobView, ScaleProgram
-from gigasid.apps.known import generated_mask, hole_shares, known_program, known_pyramid
+from gigasid.apps.known import (
+    generated_mask,
+    hole_shares,
+    known_program,
+    known_pyramid,
+    texture_finish,
+)
 from gigasid.errors import ConfigError, InputError
 from gigasid.registry import register
 
@@ -21,6 +27,9 @@ from gigasid.registry import register
 @dataclass
 class OutpaintSection:
     offset: list | None = None  # [y, x] of the input's top-left corner; null = centred
+    # After the finest scale, give every generated pixel the value of one input pixel, chosen
+    # to continue its neighbours and follow the sample's layout (gigasid.core.resynthesis).
+    texture_pass: bool = True
 
 
 @dataclass
@@ -87,6 +96,11 @@ class Outpaint(App):
     def program(self, view: JobView, scale: int, seed: int) -> ScaleProgram:
         # from pure noise: the canvas beyond the input has no surroundings to fill from
         return known_program(view, scale, seed, self.known[scale], self.holes[scale], 1.0)
+
+    def finish(self, view: JobView, seed: int):
+        if not view.settings.outpaint.texture_pass:
+            return None
+        return texture_finish(view, self.known[0], self.holes[0], seed, offset=self._offset)
 
     def report(self, view: JobView, image) -> dict:
         ref = (view.references[0][0].float() + 1.0) / 2.0
