@@ -288,3 +288,21 @@ def test_grouped_coarse_search(photo, use):
                            for a in range(0, 300, 37)])
     assert np.array_equal(part, got)
     assert np.mean(got == full) > 0.8
+
+
+@pytest.mark.parametrize("dim", [7, 27, 63, 64, 100, 675])
+def test_squared_distance_stays_in_its_scratch_and_matches_float64(dim):
+    """The fixed-order distance reads and writes only its ``dim`` scratch values (the pure
+    Python body raises on any other index), matches float64, and the compiled kernel gives
+    the interpreted body's bits."""
+    import numpy as np
+
+    nk = kernels._compiled()
+    g = np.random.default_rng(dim)
+    x, y = g.standard_normal((2, dim)).astype(np.float32)
+    py = nk._sq_dist.py_func(x, y, 0.7, np.empty(dim, np.float32))
+    ref = float(((x.astype(np.float64) - 0.7 * y.astype(np.float64)) ** 2).sum())
+    assert abs(py - ref) <= 1e-5 * ref
+    out = np.empty((1, 1), np.float32)
+    nk.sq_dists(x[None], y[None], np.zeros((1, 1), np.int64), 0.7, out)
+    assert out[0, 0] == np.float32(py)

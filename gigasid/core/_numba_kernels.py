@@ -39,13 +39,18 @@ def _sq_dist(x, c, alpha, sq):  # pragma: no cover
     a = np.float32(alpha)
     n = x.shape[0]
     full = (n // LANES) * LANES
-    for e in range(full):
-        t = x[e] - a * c[e]
-        sq[e] = t * t
+    if full:
+        for j in range(LANES):
+            t = x[j] - a * c[j]
+            sq[j] = t * t
+    # Each block's squares are added straight into the lanes (the same additions, in the
+    # same order, as squaring every value first and folding the blocks after).
     for b in range(LANES, full, LANES):
         for j in range(LANES):
-            sq[j] += sq[b + j]
-    h = LANES // 2
+            t = x[b + j] - a * c[b + j]
+            sq[j] += t * t
+    # Fewer than LANES dimensions: no lanes at all (sq may hold fewer than LANES values).
+    h = LANES // 2 if full else 0
     while h >= 1:
         for j in range(h):
             sq[j] += sq[j + h]
