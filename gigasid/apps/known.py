@@ -203,11 +203,13 @@ def texture_finish(view, known: torch.Tensor, hole: torch.Tensor, seed: int,
     aw = area[3] - area[2]
 
     def candidates(windows):
-        idx = den.search(torch.from_numpy(windows), 1.0)
-        ok = idx >= 0
-        base = den.src._base[idx.clamp(min=0)]
+        # the search runs where the index lives (a GPU job's device); the pass on the CPU
+        idx = den.search(torch.from_numpy(windows).to(den.src.device), 1.0)
+        pick = idx.clamp(min=0)
+        base = den.src._base[pick].cpu()
+        ok = (idx >= 0).cpu()
         if den.src._kind is not None:  # several references: only the first is on the canvas
-            ok &= den.src._kind[idx.clamp(min=0)] == 0
+            ok &= den.src._kind[pick].cpu() == 0
         cy = base // ref_w + patch // 2 + offset[0] - area[0]
         cx = base % ref_w + patch // 2 + offset[1] - area[2]
         ok &= (cy >= 0) & (cy < area[1] - area[0]) & (cx >= 0) & (cx < aw)
