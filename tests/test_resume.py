@@ -1,5 +1,6 @@
 """Resumable runs: kill -9 at random moments, re-run, get the same bytes; damaged state."""
 
+import json
 import random
 import signal
 import subprocess
@@ -217,6 +218,37 @@ def test_status_of_a_finished_in_memory_run(tmp_path, photo_file):
     assert st.returncode == 0
     assert "sample 0: done" in st.stdout and "sample 1: done" in st.stdout
     assert "in progress" not in st.stdout and "finished" in st.stdout
+    assert "setting up" not in st.stdout
+    # setup reported step by step: references, the app, then every denoiser it built
+    steps = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    steps = [e for e in steps if e["event"] == "setup_step"]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert [e.get("done") for e in steps] == [None, None, *range(1, len(plan["scales"]) + 1)]
+    assert all(e["total"] == len(plan["scales"]) for e in steps[2:])
+
+
+def test_status_says_what_setup_is_doing(tmp_path):
+    """Before plan.json exists, and on a resumed run that sets up again, status names the
+    latest setup step with its count."""
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "job.yaml").write_text("config:\n  app: uncond\n")
+    log = run_dir / "log.jsonl"
+    events = [{"time": time.time(), "event": "setup_step", "what": "preparing uncond",
+               "seconds": 0.5},
+              {"time": time.time(), "event": "setup_step", "done": 2, "total": 6,
+               "what": "ann denoiser of dataset main at scale 1 (2000x1500 px)",
+               "seconds": 31.0}]
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    st = run_cli("status", run_dir)
+    assert st.returncode == 0, st.stderr
+    assert "setting up: ann denoiser of dataset main at scale 1 (2000x1500 px) (2 of 6)" \
+        in st.stdout and "31 s into setup" in st.stdout
+    with log.open("a") as fh:
+        fh.write(json.dumps({"time": time.time(), "event": "setup_done", "seconds": 40}) + "\n")
+    assert "setting up" not in run_cli("status", run_dir).stdout
 
 
 def test_one_driver_per_run_directory(tmp_path, job_args, clean_run):

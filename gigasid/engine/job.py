@@ -360,6 +360,13 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     paths = cfg.input_paths()
     extra = [Path(p) for p in app.input_files(cfg).values()]
     fps = checked.digests[: len(paths)]
+
+    def setup_step(what: str, **count) -> None:
+        if reporter is not None:  # `gigasid status` shows the latest one during setup
+            reporter.event("setup_step", what=what, **count,
+                           seconds=round(time.perf_counter() - t0, 3))
+
+    setup_step(f"reading {len(paths)} reference(s) and building their pyramids")
     refs = _load_references(cfg, plan, device, run_dir, fps, codec, reporter)
 
     digest_of = dict(zip(map(str, checked.files), checked.digests, strict=True))
@@ -387,6 +394,7 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
                    base_dir=Path(cfg.base_dir),
                    state_dir=Path(run_dir) / "app_state"
                    if run_dir is not None and plan.store == "zarr" else None)
+    setup_step(f"preparing {cfg.app}")
     app.prepare(view)
     index_dir = Path(run_dir) / "index" if run_dir is not None and plan.store == "zarr" else None
     compute = DTYPES[cfg.dtype]
@@ -394,9 +402,15 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
     ann = AnnSettings(k=d.k, index=d.index, nlist=d.nlist, nprobe=d.nprobe, pq_m=d.pq_m,
                       pca_dim=d.pca_dim, train_size=d.train_size, seed=cfg.seed,
                       coarse_groups=d.coarse_groups, search=d.search)
-    for name, spec in app.datasets(view).items():
+    datasets = app.datasets(view)
+    total = sum(len(spec.images) for spec in datasets.values())
+    done = 0
+    for name, spec in datasets.items():
         for s in sorted(spec.images):
             sp = plan.scales[s]
+            done += 1
+            setup_step(f"{sp.backend} denoiser of dataset {name} at scale {s} "
+                       f"({sp.shape[1]}x{sp.shape[0]} px)", done=done, total=total)
             data, allowed = build_dataset(spec, s, sp.patch, sp.dataset_stride, sp.backend,
                                           device)
             if allowed and reporter is not None:

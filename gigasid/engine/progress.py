@@ -77,6 +77,9 @@ class PlainReporter(Reporter):
             self.clock.total = d["work_total"]
             self._print(f"gigasid: {d['app']} {d['out_shape'][1]}x{d['out_shape'][0]} px, "
                         f"{d['num_scales']} scales, {d['num_samples']} sample(s)")
+        elif kind == "setup_step":
+            count = f" ({d['done']}/{d['total']})" if "total" in d else ""
+            self._print(f"setup: {d['what']}{count}")
         elif kind == "setup_done":
             self._print(f"setup: {d['seconds']:.2f} s")
         elif kind == "step_done":

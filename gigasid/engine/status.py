@@ -28,15 +28,30 @@ def _load(run_dir: Path) -> tuple[dict, dict, list[dict]]:
     return job, plan, events
 
 
+def _setup_line(events: list[dict]) -> str | None:
+    """What setup is doing, if the latest setup event is a step (not ``setup_done``)."""
+    last = next((e for e in reversed(events)
+                 if e.get("event") in ("setup_step", "setup_done")), None)
+    if last is None or last["event"] != "setup_step":
+        return None
+    count = f" ({last['done']} of {last['total']})" if "total" in last else ""
+    ago = time.time() - last.get("time", time.time())
+    return (f"setting up: {last['what']}{count}; {last.get('seconds', 0):.0f} s into setup, "
+            f"this step started {ago:.0f} s ago")
+
+
 def run_status(run_dir: Path) -> str:
     """Human-readable status: done/total steps and tiles per scale, rate and ETA."""
     run_dir = Path(run_dir)
     job, plan, events = _load(run_dir)
     lines = [f"run {run_dir}: {job.get('config', {}).get('app', '?')} "
              f"(gigasid {job.get('gigasid', '?')})"]
+    setup = _setup_line(events)
     if not plan:
-        lines.append("not started yet (no plan.json)")
+        lines.append(setup or "not started yet (no plan.json)")
         return "\n".join(lines)
+    if setup:  # a resumed run sets up again before any tile runs
+        lines.append(setup)
     marks = {p.name for p in (run_dir / "markers").glob("*")} if (run_dir / "markers").exists() \
         else set()
     steps = {e["scale"]: e["num_transitions"] for e in events if e.get("event") == "scale_start"}
