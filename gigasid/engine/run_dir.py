@@ -6,7 +6,8 @@ Layout (every name gigasid writes at the top level of ``RUN``)::
     plan.json       the per-scale plan
     log.jsonl       events, one JSON object per line
     timings.json    a finished run's summary
-    data.zarr/      the state tiles of every scale and wave (streamed runs)
+    data.zarr/      the state tiles of every scale and wave (streamed runs), and the input of
+                    an application's finishing step (``x<i>/finish-input``)
     markers/        finished tasks (a resumed run skips them)
     index/          ANN indexes, built once and memory-mapped
     app_state/      state an application keeps between steps (resumable)
