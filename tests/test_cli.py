@@ -26,7 +26,9 @@ def test_demo_config_end_to_end(tmp_path, small_ref):
     timings = json.loads((out / "timings.json").read_text())
     assert len(timings["sample_seconds"]) == 2
     events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert events[0] == "setup_done" and events[-1] == "job_done" and "step_done" in events
+    assert events[0] == "setup_step" and events[-1] == "job_done" and "step_done" in events
+    assert events.index("setup_done") < events.index("job_start")
+    assert all(e == "setup_step" for e in events[:events.index("setup_done")])
     assert "sample 2" in r.stderr  # plain progress lines when not a TTY
     import numpy as np
     from PIL import Image
