@@ -38,12 +38,15 @@ __all__ = ["GUIDE_BLUR", "GUIDE_WEIGHT", "NEIGHBOURHOOD", "RANDOM_CANDIDATES", "
            "source_windows"]
 
 #: Weight of a not-yet-decided pixel (compared through the guide) against a decided one.
-GUIDE_WEIGHT = 0.15
+GUIDE_WEIGHT = 0.05
 #: Standard deviation (pixels) of the blur applied to the guide and the sources where they
 #: are compared: the fill is smoother than the sources, so only their low frequencies match.
 GUIDE_BLUR = 0.7
 #: Random source windows tried per pixel, besides the coherent and the guide's candidates.
-RANDOM_CANDIDATES = 16
+RANDOM_CANDIDATES = 32
+#: A candidate that does not continue a decided neighbour's source must be this much better
+#: (relative distance) to be chosen.
+COHERENCE_BONUS = 1.0
 #: Side of the compared neighbourhoods (whatever the patch size of the diffusion): a few
 #: dozen pixels tell a good continuation, and the cost grows with the side to the fourth.
 NEIGHBOURHOOD = 5
@@ -115,7 +118,8 @@ def source_windows(hole: np.ndarray, patch: int) -> np.ndarray:
     return ok
 
 
-def _synth(src, blur_src, ok, guide_blur, hole, order, cand, rnd, r, lam):  # pragma: no cover
+def _synth(src, blur_src, ok, guide_blur, hole, order, cand, rnd, r, lam,
+           bonus):  # pragma: no cover
     c, h, w = src.shape
     out = src.copy()
     done = np.empty((h, w), np.bool_)
@@ -147,6 +151,7 @@ def _synth(src, blur_src, ok, guide_blur, hole, order, cand, rnd, r, lam):  # pr
                         if not seen:
                             cy[n], cx[n] = ty, tx
                             n += 1
+        ncoh = n
         for j in range(cand.shape[1]):
             v = cand[i, j]
             if v >= 0:
@@ -159,9 +164,10 @@ def _synth(src, blur_src, ok, guide_blur, hole, order, cand, rnd, r, lam):  # pr
         best, by, bx = np.inf, -1, -1
         for j in range(n):
             ty, tx = cy[j], cx[j]
+            f = 1.0 if j < ncoh else 1.0 + bonus  # coherent continuations are preferred
             d = 0.0
             for dy in range(-r, r + 1):
-                if d >= best:  # cannot win any more (the sums only grow): same choice
+                if d * f >= best:  # cannot win any more (the sums only grow): same choice
                     break
                 py = qy + dy
                 if py < 0 or py >= h:
@@ -179,8 +185,8 @@ def _synth(src, blur_src, ok, guide_blur, hole, order, cand, rnd, r, lam):  # pr
                             t = (np.float64(guide_blur[ch, py, px])
                                  - np.float64(blur_src[ch, ty + dy, tx + dx]))
                             d += lam * t * t
-            if d < best:
-                best, by, bx = d, ty, tx
+            if d * f < best:
+                best, by, bx = d * f, ty, tx
         if by >= 0:
             for ch in range(c):
                 out[ch, qy, qx] = src[ch, by, bx]
@@ -221,7 +227,8 @@ def resynthesize(known: np.ndarray, hole: np.ndarray, guide: np.ndarray, seed: i
                  candidates: Callable[[np.ndarray], np.ndarray] | None = None,
                  search_patch: int = NEIGHBOURHOOD, patch: int = NEIGHBOURHOOD,
                  guide_weight: float = GUIDE_WEIGHT, guide_blur: float = GUIDE_BLUR,
-                 random_candidates: int = RANDOM_CANDIDATES) -> np.ndarray:
+                 random_candidates: int = RANDOM_CANDIDATES,
+                 coherence_bonus: float = COHERENCE_BONUS) -> np.ndarray:
     """Replace every generated pixel of ``guide`` by a known pixel, from the border inwards.
 
     Parameters
@@ -275,4 +282,4 @@ def resynthesize(known: np.ndarray, hole: np.ndarray, guide: np.ndarray, seed: i
     if _SYNTH is None:
         _SYNTH = _compiled_synth()
     return _SYNTH(src, blur_src, ok, guide_blur_img, hole, order, np.ascontiguousarray(cand),
-                  np.ascontiguousarray(rnd), r, float(guide_weight))
+                  np.ascontiguousarray(rnd), r, float(guide_weight), float(coherence_bonus))
