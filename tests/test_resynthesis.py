@@ -108,3 +108,29 @@ def test_finish_killed_mid_write_resumes_to_the_same_bytes(tmp_path, photo_file)
         run(crashed)
     resumed = ZarrStore(tmp_path / "crashed")
     assert torch.equal(resumed.read(run(resumed), full), want)
+
+
+def test_finish_changes_only_the_hole_and_needs_a_held_known_region(tmp_path, photo_file):
+    """The pass writes generated pixels only; with ``hold_finest: false`` (the finest scale
+    re-synthesises the kept region too) there is no pass."""
+    from gigasid.config import load_config
+    from gigasid.engine.job import prepare
+    from gigasid.io.images import save_png
+
+    ref = photo_file((64, 64))
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[20:40, 18:44] = 255
+    save_png(mask, tmp_path / "mask.png")
+    args = [f"input={ref}", f"mask={tmp_path / 'mask.png'}", "patch_size=7",
+            "pyramid.min_short_side=14"]
+    job = prepare(load_config(REPO / "configs" / "inpaint.yaml", args))
+    fin = job.app.finish(job.view, 3)
+    y0, y1, x0, x1 = fin.region
+    pixels = torch.rand(3, y1 - y0, x1 - x0, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = fin.apply(pixels.clone())
+    hole = job.app.holes[0][y0:y1, x0:x1]
+    assert torch.equal(out[:, ~hole], pixels[:, ~hole])
+    assert not torch.equal(out[:, hole], pixels[:, hole])
+    free = prepare(load_config(REPO / "configs" / "inpaint.yaml",
+                               [*args, "inpaint.hold_finest=false"]))
+    assert free.app.finish(free.view, 3) is None

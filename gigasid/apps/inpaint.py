@@ -124,7 +124,9 @@ class Inpaint(App):
                              hold=scale > 0 or view.settings.inpaint.hold_finest)
 
     def finish(self, view: JobView, seed: int):
-        if not view.settings.inpaint.texture_pass:
+        # Without hold_finest the finest scale re-synthesises the kept region too: the pass,
+        # which copies from the input's pixels around the hole, would not match them.
+        if not view.settings.inpaint.texture_pass or not view.settings.inpaint.hold_finest:
             return None
         return texture_finish(view, self.known[0], self.holes[0], seed)
 

@@ -220,8 +220,10 @@ def texture_finish(view, known: torch.Tensor, hole: torch.Tensor, seed: int,
     a0, a1, b0, b1 = area
 
     def apply(pixels: torch.Tensor) -> torch.Tensor:
-        out = resynthesize(known[:, a0:a1, b0:b1].cpu().numpy(), hole[a0:a1, b0:b1].numpy(),
+        inside = hole[a0:a1, b0:b1]
+        out = resynthesize(known[:, a0:a1, b0:b1].cpu().numpy(), inside.numpy(),
                            pixels.cpu().numpy(), seed, search, search_patch=patch)
-        return torch.from_numpy(out)
+        # only the generated pixels change (the rest is the held known region already)
+        return torch.where(inside[None], torch.from_numpy(out), pixels.cpu())
 
     return Finish(region=area, apply=apply)

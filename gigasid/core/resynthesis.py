@@ -34,8 +34,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["GUIDE_BLUR", "GUIDE_WEIGHT", "NEIGHBOURHOOD", "RANDOM_CANDIDATES", "resynthesize",
-           "source_windows"]
+__all__ = ["COHERENCE_BONUS", "GUIDE_BLUR", "GUIDE_WEIGHT", "NEIGHBOURHOOD", "RANDOM_CANDIDATES",
+           "resynthesize", "source_windows"]
 
 #: Weight of a not-yet-decided pixel (compared through the guide) against a decided one.
 GUIDE_WEIGHT = 0.05
@@ -250,8 +250,9 @@ def resynthesize(known: np.ndarray, hole: np.ndarray, guide: np.ndarray, seed: i
         Side of the windows given to ``candidates``.
     patch:
         Side of the compared neighbourhoods (odd; an even side uses ``patch + 1``).
-    guide_weight, guide_blur, random_candidates:
-        See :data:`GUIDE_WEIGHT`, :data:`GUIDE_BLUR` and :data:`RANDOM_CANDIDATES`.
+    guide_weight, guide_blur, random_candidates, coherence_bonus:
+        See :data:`GUIDE_WEIGHT`, :data:`GUIDE_BLUR`, :data:`RANDOM_CANDIDATES` and
+        :data:`COHERENCE_BONUS`.
 
     Returns
     -------
