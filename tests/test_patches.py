@@ -76,3 +76,20 @@ def test_patch_grid_of_several_images_with_exclusions(photo):
     ref = torch.cat([ref_a, ref_b])
     assert grid.n == ref.shape[0]
     assert torch.equal(grid.block(0, grid.n), ref)
+
+
+def test_patch_grid_corners_name_where_each_patch_comes_from():
+    """``corners`` of every patch of a two-image grid with left-out windows: the patch read
+    at that image and corner is the patch gathered."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(3, 12, 15, generator=g), torch.rand(3, 9, 11, generator=g)
+    ex = torch.zeros(len(P.patch_starts(12, 4)), len(P.patch_starts(15, 4)), dtype=torch.bool)
+    ex[2:5, 3:7] = True
+    grid = P.PatchGrid([a, b], 4, 1, [ex, None])
+    idx = torch.arange(grid.n)
+    image, y, x = grid.corners(idx)
+    imgs = (a, b)
+    for i in range(grid.n):
+        want = imgs[image[i]][:, y[i]:y[i] + 4, x[i]:x[i] + 4].reshape(-1)
+        assert torch.equal(grid.gather(idx[i:i + 1])[0], want)
+    assert int((image == 0).sum()) == int((~ex).sum())

@@ -42,32 +42,22 @@ def textured(height: int, width: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _viewer_site(out: Path, tiles: str, title: str) -> Path:
+    """The viewer over the ``tiles`` pyramid (``dzi`` or ``iiif``) of the textured image."""
+    export_all(textured(1500, 2000), out, ExportOptions(), PROVENANCE,
+               formats=(tiles, "viewer"), title=title)
+    return out
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    export_all(
-        textured(1500, 2000),
-        out,
-        ExportOptions(),
-        PROVENANCE,
-        formats=("dzi", "viewer"),
-        title="Test <picture> & co",
-    )
-    return out
+    return _viewer_site(tmp_path_factory.mktemp("site"), "dzi", "Test <picture> & co")
 
 
 @pytest.fixture(scope="module")
 def iiif_site(tmp_path_factory) -> Path:
     """The viewer on IIIF Image API 3.0 tiles only (no DeepZoom pyramid)."""
-    out = tmp_path_factory.mktemp("iiif-site")
-    export_all(
-        textured(1500, 2000),
-        out,
-        ExportOptions(),
-        PROVENANCE,
-        formats=("iiif", "viewer"),
-        title="IIIF picture",
-    )
+    out = _viewer_site(tmp_path_factory.mktemp("iiif-site"), "iiif", "IIIF picture")
     assert not (out / "image_files").exists()
     return out
 

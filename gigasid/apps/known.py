@@ -199,23 +199,19 @@ def texture_finish(view, known: torch.Tensor, hole: torch.Tensor, seed: int,
         return None
     patch = view.contexts[0].patch
     den = view.contexts[0].denoisers.get("main")
-    ref_w = view.references[0][0].shape[2]
     aw = area[3] - area[2]
 
     def candidates(windows):
         # the search runs where the index lives (a GPU job's device); the pass on the CPU
         idx = den.search(torch.from_numpy(windows).to(den.src.device), 1.0)
-        pick = idx.clamp(min=0)
-        base = den.src._base[pick].cpu()
-        ok = (idx >= 0).cpu()
-        if den.src._kind is not None:  # several references: only the first is on the canvas
-            ok &= den.src._kind[pick].cpu() == 0
-        cy = base // ref_w + patch // 2 + offset[0] - area[0]
-        cx = base % ref_w + patch // 2 + offset[1] - area[2]
+        image, y, x = (t.cpu() for t in den.src.corners(idx.clamp(min=0)))
+        ok = (idx >= 0).cpu() & (image == 0)  # only the first reference is on the canvas
+        cy = y + patch // 2 + offset[0] - area[0]
+        cx = x + patch // 2 + offset[1] - area[2]
         ok &= (cy >= 0) & (cy < area[1] - area[0]) & (cx >= 0) & (cx < aw)
         return torch.where(ok, cy * aw + cx, -1).numpy()
 
-    search = (candidates if hasattr(den, "search") and hasattr(getattr(den, "src", None), "_base")
+    search = (candidates if hasattr(den, "search") and hasattr(getattr(den, "src", None), "corners")
               else None)
     a0, a1, b0, b1 = area
 

@@ -244,11 +244,13 @@ class PatchGrid:
         self.patch, self.device = patch, images[0].device
         c = images[0].shape[0]
         flats, bases, kinds, offsets = [], [], [], []
+        self._origin = []  # (first flat index, width) of each image
         start = 0
         for i, (img, ex) in enumerate(zip(images, exclude, strict=True)):
             _, h, w = img.shape
             ys = patch_starts(h, patch, stride).to(self.device)
             xs = patch_starts(w, patch, stride).to(self.device)
+            self._origin.append((start, w))
             base = (ys[:, None] * w + xs[None, :])
             if ex is not None:
                 base = base[~ex.to(self.device)]
@@ -282,6 +284,15 @@ class PatchGrid:
         offs = self._offsets if self._kind is None else self._offsets[self._kind[flat]]
         rows = (self._base[flat][:, None] + offs).reshape(-1)
         return torch.index_select(self._rows, 0, rows).view(*idx.shape, self.dim)
+
+    def corners(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image, y, x)`` of patches ``idx``: which image each comes from and its top-left
+        corner there."""
+        kind = self._kind[idx] if self._kind is not None else torch.zeros_like(idx)
+        start = torch.tensor([o[0] for o in self._origin], device=idx.device)[kind]
+        width = torch.tensor([o[1] for o in self._origin], device=idx.device)[kind]
+        off = self._base[idx] - start
+        return kind, off // width, off % width
 
     def block(self, start: int, stop: int) -> torch.Tensor:
         """Patches ``start .. stop - 1`` (for building indexes block by block)."""
