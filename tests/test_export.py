@@ -159,11 +159,13 @@ def test_options_defaults_and_dzi_tile_size() -> None:
     assert ExportOptions(dzi_tile_size=512).effective_dzi_tile_size == 512
 
 
-def test_non_rgb_input_is_refused() -> None:
-    with pytest.raises(ExportError, match=r"\(H, W, 3\)"):
-        export_preview(np.zeros((10, 10), np.uint8), "unused.jpg")
-    with pytest.raises(ExportError, match="uint8"):
-        export_preview(np.zeros((10, 10, 3), np.float32), "unused.jpg")
+def test_unsupported_layouts_are_refused() -> None:
+    for shape in ((10, 10), (10, 10, 2), (10, 10, 5)):
+        with pytest.raises(ExportError, match=r"C = 1, 3 or 4"):
+            export_preview(np.zeros(shape, np.uint8), "unused.jpg")
+    for dtype in (np.float64, np.int16):
+        with pytest.raises(ExportError, match="uint8, uint16 or float32"):
+            export_preview(np.zeros((10, 10, 3), dtype), "unused.jpg")
 
 
 # ------------------------------------------------------------------------------------------------

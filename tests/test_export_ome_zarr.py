@@ -237,10 +237,16 @@ def test_export_all_writes_ome_zarr_of_any_supported_type(tmp_path: Path) -> Non
     assert set(written) == {"provenance", "ome-zarr"}
     assert written["ome-zarr"] == tmp_path / "a" / "image.ome.zarr"
     check_pyramid(written["ome-zarr"], grey, 64)
-    # the libvips formats still need uint8 RGB: refused before anything is written
-    with pytest.raises(ExportError, match="RGB"):
-        export_all(grey, tmp_path / "b", formats=["ome-zarr", "tiff"])
-    assert not (tmp_path / "b" / "image.ome.zarr").exists()
+    # the TIFF keeps the type and the channel too
+    written = export_all(grey, tmp_path / "b", formats=["ome-zarr", "tiff"])
+    import tifffile
+
+    with tifffile.TiffFile(written["tiff"]) as tf:
+        np.testing.assert_array_equal(tf.pages[0].asarray(), grey[:, :, 0])
+    # an unsupported layout is refused before anything is written
+    with pytest.raises(ExportError, match="C = 1, 3 or 4"):
+        export_all(np.zeros((20, 20, 2), np.uint8), tmp_path / "d", formats=["ome-zarr", "tiff"])
+    assert not (tmp_path / "d").exists()
     rgb = gradient(200, 300, 3, "uint8", 255)
     written = export_all(rgb, tmp_path / "c", formats=["tiff", "ome-zarr"], title="my title")
     assert set(written) == {"tiff", "ome-zarr"}

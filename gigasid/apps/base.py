@@ -156,6 +156,10 @@ class App:
     #: why not
     latent = True
     latent_reason = ""
+    #: channel counts of the references the app takes (grey, RGB, RGBA); ``channels_reason``
+    #: says why others are not
+    channels: tuple[int, ...] = (1, 3, 4)
+    channels_reason = ""
 
     # ---- config time (no images) --------------------------------------------------------
     def validate(self, cfg) -> None:

@@ -102,6 +102,8 @@ class TextStyle(Reconstruct):
     Config = TextStyleConfig
     latent = False
     latent_reason = "the CLIP gradient is taken on pixels (spec §8.4)"
+    channels = (3,)
+    channels_reason = "CLIP compares RGB images with the text"
 
     def validate(self, cfg) -> None:
         c = cfg.app_config

@@ -31,6 +31,7 @@ from gigasid.engine.plan import JobPlan, make_plan
 from gigasid.engine.progress import Reporter
 from gigasid.engine.view import DatasetSpec, JobView
 from gigasid.errors import ConfigError, InputError
+from gigasid.io.pixel_format import PixelFormat
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -148,12 +149,37 @@ def combine_digests(digests: list[str]) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def input_pixels(path: Path, crop, shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """An input's pixels as a job uses them: ``(3, h, w)`` in ``[0, 1]``, resized to
-    ``shape`` when given (``input_resize_to``), then cropped to ``crop``."""
+def input_format(cfg: JobConfig) -> PixelFormat:
+    """The pixel format the job keeps: the references' channels and sample type, and the
+    window of their values (:mod:`gigasid.io.pixel_format`). Raises :class:`InputError` when
+    the references disagree."""
+    from gigasid.io.pixel_format import common_format, probe_format
+
+    paths = cfg.input_paths()
+    return common_format([probe_format(p) for p in paths], [str(p) for p in paths])
+
+
+def check_format(fmt: PixelFormat, app, codec) -> None:
+    """Refuse, before any work, a format the application or the codec cannot take."""
+    from gigasid.io.pixel_format import describe
+
+    if fmt.channels not in app.channels:
+        raise InputError(f"app '{app.name}' takes {' or '.join(map(str, app.channels))}-channel "
+                         f"images ({app.channels_reason}); the input is {describe(fmt)}")
+    if codec is not None and codec.factor > 1 and fmt.channels != 3:
+        raise InputError(f"the latent codec's VAE encodes RGB images; the input is "
+                         f"{describe(fmt)}: set latent.enabled: false (the pixel path keeps "
+                         "any channel count)")
+
+
+def input_pixels(path: Path, crop, shape: tuple[int, int] | None = None,
+                 fmt: PixelFormat | None = None) -> torch.Tensor:
+    """An input's pixels as a job uses them: ``(C, h, w)`` in ``[0, 1]`` through the job's
+    format ``fmt`` (default 8-bit RGB conventions), resized to ``shape`` when given
+    (``input_resize_to``), then cropped to ``crop``."""
     from gigasid.io.images import load_image
 
-    img = load_image(path)
+    img = load_image(path, fmt)
     if shape is not None and tuple(img.shape[1:]) != tuple(shape):
         from gigasid.core.resample import resize
 
@@ -164,7 +190,8 @@ def input_pixels(path: Path, crop, shape: tuple[int, int] | None = None) -> torc
 
 def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str,
                  reporter: Reporter | None = None, name: str = "ref",
-                 shape: tuple[int, int] | None = None, stream: bool = False) -> torch.Tensor:
+                 shape: tuple[int, int] | None = None, stream: bool = False,
+                 fmt: PixelFormat | None = None) -> torch.Tensor:
     """An image file in the codec's space: ``(C, h, w)``, resized to ``shape`` when given
     (``input_resize_to``), then cropped to ``crop``.
 
@@ -188,10 +215,10 @@ def encode_image(codec, path: Path, crop, run_dir: Path | None, fingerprint: str
         # input_resize_to on a large input still decodes it whole (as the pixel path does)
         folder = Path(run_dir) / "latent" / f"{name}-pixels"
         y0, y1, x0, x1 = crop
-        pixels = refmod.build_levels_on_disk(path, [full], folder, fingerprint)[0][
+        pixels = refmod.build_levels_on_disk(path, [full], folder, fingerprint, fmt=fmt)[0][
             :, y0:y1, x0:x1]
     else:
-        pixels = input_pixels(path, crop, shape) * 2.0 - 1.0
+        pixels = input_pixels(path, crop, shape, fmt) * 2.0 - 1.0
     if codec.factor == 1:
         return pixels
     t0 = time.perf_counter()
@@ -217,19 +244,21 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
     from gigasid.io.images import image_shape, load_image
 
     refs = []
+    fmt = plan.format
     for i, path in enumerate(cfg.input_paths()):
         shapes = plan.ref_pyramids[i]
         h, w = shapes[0]
         if codec is not None and codec.factor > 1:
             z = encode_image(codec, path, plan.crops[i], run_dir, fingerprints[i], reporter,
                              f"ref{i}", shape=plan.pixel_refs[i],
-                             stream=refmod.streams(cfg.engine.reference, plan.pixel_refs[i]))
+                             stream=refmod.streams(cfg.engine.reference, plan.pixel_refs[i]),
+                             fmt=fmt)
             refs.append(build_pyramid(z.to(device), shapes))
             continue
         if image_shape(path) != (h, w):
             # input_resize_to: decoded whole, resized once, then used as if it were the input
             # (the streamed path reads level 0 straight from the file, so it is not used).
-            ref = resize(load_image(path) * 2.0 - 1.0, (h, w)).to(device)
+            ref = resize(load_image(path, fmt) * 2.0 - 1.0, (h, w)).to(device)
             refs.append(build_pyramid(ref, shapes))
             continue
         on_disk = refmod.streams(cfg.engine.reference, (h, w))
@@ -241,9 +270,10 @@ def _load_references(cfg: JobConfig, plan: JobPlan, device: str, run_dir: Path |
             # Decoded in bands and resampled band by band into memory-mapped files: a
             # reference larger than RAM never sits in this process (or in any worker).
             folder = Path(run_dir) / "reference" / ("" if i == 0 else f"ref{i}")
-            refs.append(refmod.build_levels_on_disk(path, shapes, folder, fingerprints[i]))
+            refs.append(refmod.build_levels_on_disk(path, shapes, folder, fingerprints[i],
+                                                    fmt=fmt))
         else:
-            ref = (load_image(path) * 2.0 - 1.0).to(device)
+            ref = (load_image(path, fmt) * 2.0 - 1.0).to(device)
             refs.append(build_pyramid(ref, shapes))
     return refs
 
@@ -334,8 +364,11 @@ def check_job(cfg: JobConfig) -> Checked:
     check_input_files(app.input_files(cfg))
     shapes = reference_shapes(cfg)
     app.preflight(cfg, shapes)
+    fmt = input_format(cfg)
     codec = make_codec(cfg, device)
-    plan = make_plan(cfg, shapes, device, 3, app, codec)
+    check_format(fmt, app, codec)
+    plan = make_plan(cfg, shapes, device, fmt.channels, app, codec)
+    plan.pixel_format = fmt.to_dict()
     files = job_files(cfg, app)
     return Checked(app, shapes, device, codec, plan, files,
                    [file_fingerprint(p) for p in files])
@@ -380,10 +413,11 @@ def prepare(cfg: JobConfig, reporter: Reporter | None = None,
         return encode_image(codec, Path(path), codec.crop_box(shape), run_dir,
                             digest_of.get(str(path)) or file_fingerprint(path), reporter,
                             "extra",
-                            stream=refmod.streams(cfg.engine.reference, shape))
+                            stream=refmod.streams(cfg.engine.reference, shape),
+                            fmt=plan.format)
 
     def input_image(i: int) -> torch.Tensor:
-        return input_pixels(paths[i], plan.crops[i], plan.pixel_refs[i])
+        return input_pixels(paths[i], plan.crops[i], plan.pixel_refs[i], plan.format)
 
     contexts = _contexts(cfg, plan, refs[0][0].shape[0], device)
     view = JobView(settings=cfg.app_config, seed=cfg.seed, eta=cfg.eta,

@@ -18,18 +18,33 @@ def provenance(job: Job, sample: int) -> dict:
             "inputs": [str(p) for p in job.view.inputs + job.view.extra_inputs],
             "input_sha256": job.input_sha256, "config": job.cfg.to_dict(),
             "domain": list(job.plan.scales[0].domain), "codec": job.plan.codec,
-            "input_crops": [list(c) for c in job.plan.crops]}
+            "input_crops": [list(c) for c in job.plan.crops],
+            **({} if job.plan.format.is_rgb8 else {"pixel_format": _format_note(job)})}
+
+
+def _format_note(job: Job) -> dict:
+    """The kept format and the window the 8-bit renderings show (for non-8-bit-RGB runs)."""
+    from gigasid.io.pixel_format import describe
+
+    fmt = job.plan.format
+    return {**fmt.to_dict(), "kind": describe(fmt),
+            "display_window": None if fmt.dtype == "uint8" else [fmt.lo, fmt.hi],
+            "display": "DeepZoom, IIIF, JPEG, preview and viewer: 8-bit, linear from "
+                       "display_window to 0..255, alpha dropped"}
 
 
 def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
                   reporter=None) -> dict:
-    """Finished float state -> uint8 RGB -> PNG and the deep-zoom outputs of ``output.formats``.
+    """Finished float state -> pixels in the input's format (channels, 8/16-bit or float) ->
+    PNG and the deep-zoom outputs of ``output.formats``.
 
     Persistent runs convert tile by tile into ``out/image.zarr`` and every export streams
     from it; in-memory runs convert the whole (small) image at once.
     """
     from gigasid.io import export
-    from gigasid.io.images import to_uint8
+    from gigasid.io.pixel_format import from_unit, to_display, to_unit
+
+    fmt = job.plan.format
 
     h, w = job.plan.pixel_shape
     decode = pixel_reader(job, store, name, reporter)
@@ -47,40 +62,39 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
         # decoding, no temporary copy); see export.create_image_zarr
         image = export.write_image_zarr(
             dest / "image.zarr", h, w,
-            lambda y0, y1, x0, x1: to_uint8((read(y0, y1, x0, x1) + 1.0) / 2.0),
-            tile=_read_tile(job))
+            lambda y0, y1, x0, x1: from_unit((read(y0, y1, x0, x1) + 1.0) / 2.0, fmt),
+            tile=_read_tile(job), channels=fmt.channels, dtype=fmt.dtype)
         written["zarr"] = str(dest / "image.zarr")
     else:
-        image = to_uint8((read(0, h, 0, w) + 1.0) / 2.0)
+        image = from_unit((read(0, h, 0, w) + 1.0) / 2.0, fmt)
         if "zarr" in fmts:
             written["zarr"] = str(export.export_zarr(image, dest / "image.zarr"))
     prov = provenance(job, sample)
     small = h * w <= PNG_MAX_PIXELS
+    window = None if fmt.dtype == "uint8" else (fmt.lo, fmt.hi)
     if small:
         import numpy as np
-        import torch
 
-        rgb = np.asarray(image[:])
+        pixels = np.asarray(image[:])
         # What the application measures on its result (PSNR, seam ratio, ...), on the
-        # 8-bit image a user gets; recorded in provenance and timings.json.
-        metrics = job.app.report(job.view, torch.from_numpy(rgb).permute(2, 0, 1).float()
-                                 / 255.0)
+        # quantised image a user gets; recorded in provenance and timings.json.
+        metrics = job.app.report(job.view, to_unit(pixels, fmt))
         if metrics:
             prov["metrics"] = metrics
             written["metrics"] = metrics
-        extra = job.app.extra_outputs(job.view, rgb, dest)
+        extra = job.app.extra_outputs(job.view, to_display(pixels, fmt), dest)
         written.update(extra)
     if "png" in fmts and small:
         # one writer for both stores: the same pixels give the same file
         png = Path(out_dir) / f"sample_{sample:03d}.png"
-        written["png"] = str(export.export_png(image, png))
+        written["png"] = str(export.export_png(image, png, window=window))
     deep = [f for f in fmts if f in ("tiff", "dzi", "preview", "viewer", "ome-zarr", "iiif")]
     if deep:
         o = job.cfg.output
         opts = export.ExportOptions(
             tile_size=o.tile_size, tiff_compression=o.tiff_compression, quality=o.quality,
             dzi_tile_format=o.dzi_tile_format, dzi_container=o.dzi_container,
-            preview_long_side=o.preview_long_side)
+            preview_long_side=o.preview_long_side, display_window=window)
         files = export.export_all(image, dest, opts, prov, formats=deep, title=prov["title"])
         written.update({k: str(v) for k, v in files.items()})
     return written

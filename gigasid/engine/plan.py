@@ -104,6 +104,17 @@ class JobPlan:
     crops: list = field(default_factory=list)
     #: per reference, its pixel shape before the crop (after ``input_resize_to``)
     pixel_refs: list = field(default_factory=list)
+    #: the references' pixel format (:class:`~gigasid.io.pixel_format.PixelFormat` as a dict):
+    #: what every output keeps
+    pixel_format: dict = field(default_factory=lambda: {"channels": 3, "dtype": "uint8",
+                                                        "lo": 0.0, "hi": 255.0})
+
+    @property
+    def format(self):
+        """:attr:`pixel_format` as a :class:`~gigasid.io.pixel_format.PixelFormat`."""
+        from gigasid.io.pixel_format import PixelFormat
+
+        return PixelFormat.from_dict(self.pixel_format)
 
     @property
     def num_scales(self) -> int:

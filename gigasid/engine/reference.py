@@ -20,6 +20,7 @@ import torch
 
 from gigasid.core.pyramid import resize_in_bands
 from gigasid.io.images import read_bands
+from gigasid.io.pixel_format import RGB8, PixelFormat
 
 #: Inputs with more pixels than this are streamed into on-disk levels (``auto``).
 STREAM_MIN_PIXELS = 64 * 2**20
@@ -43,7 +44,8 @@ def _level_file(folder: Path, k: int) -> Path:
 
 
 def build_levels_on_disk(input_path: Path, shapes: list[tuple[int, int]], folder: Path,
-                         fingerprint: str, channels: int = 3) -> list[torch.Tensor]:
+                         fingerprint: str, fmt: PixelFormat | None = None
+                         ) -> list[torch.Tensor]:
     """Build (or reopen) the reference pyramid as memory-mapped ``(C, H, W)`` tensors.
 
     Parameters
@@ -56,14 +58,20 @@ def build_levels_on_disk(input_path: Path, shapes: list[tuple[int, int]], folder
         Where the level files and ``levels.json`` live (``RUN/reference``).
     fingerprint:
         The input's fingerprint; a manifest with another one is rebuilt.
+    fmt:
+        The job's pixel format (default 8-bit RGB): channels and value window.
     """
+    fmt = fmt or RGB8
+    channels = fmt.channels
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "levels.json"
     want = {"fingerprint": fingerprint, "shapes": [list(s) for s in shapes],
             "channels": channels}
+    if not fmt.is_rgb8:
+        want["format"] = fmt.to_dict()
     if not (manifest.is_file() and json.loads(manifest.read_text()) == want):
         manifest.unlink(missing_ok=True)
-        _build(input_path, shapes, folder, channels)
+        _build(input_path, shapes, folder, fmt)
         tmp = manifest.with_suffix(".tmp")
         tmp.write_text(json.dumps(want))
         os.replace(tmp, manifest)
@@ -74,10 +82,11 @@ def build_levels_on_disk(input_path: Path, shapes: list[tuple[int, int]], folder
 
 
 def _build(input_path: Path, shapes: list[tuple[int, int]], folder: Path,
-           channels: int) -> None:
+           fmt: PixelFormat) -> None:
+    channels = fmt.channels
     partial = folder / "level0.f32.partial"
     lvl = _open(partial, (channels, *shapes[0]), "w+")
-    for y0, band in read_bands(input_path, BAND_ROWS):
+    for y0, band in read_bands(input_path, BAND_ROWS, None if fmt.is_rgb8 else fmt):
         if band.shape[1:] != (min(BAND_ROWS, shapes[0][0] - y0), shapes[0][1]):
             raise ValueError(f"{input_path}: band at row {y0} has shape {tuple(band.shape)}")
         lvl[:, y0 : y0 + band.shape[1]] = (band * 2.0 - 1.0).numpy()

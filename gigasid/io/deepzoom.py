@@ -50,7 +50,8 @@ def export_dzi(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8.
+        Array-like of shape ``(H, W, C)`` (see :class:`VipsBridge`; an 8-bit rendering is
+        tiled).
     path
         ``out/image`` or ``out/image.dzi`` (``out/image.zip`` also accepted).
         With ``dzi_container="fs"`` writes ``out/image.dzi`` and ``out/image_files/``; with
@@ -83,7 +84,7 @@ def export_dzi(
     staging = Path(tempfile.mkdtemp(prefix=".gigasid-dzi-", dir=directory))
     try:
         with _bridge_for(image, directory, bridge) as b:
-            b.image.dzsave(
+            b.display(options.display_window).dzsave(
                 str(staging / targets[0].name)
                 if options.dzi_container == "zip"
                 else str(staging / name),

@@ -1,11 +1,12 @@
-"""Out-of-core export of a finished RGB image to viewer and archive formats.
+"""Out-of-core export of a finished image to viewer and archive formats.
 
-The finished image of a run is a uint8 RGB array of shape ``(H, W, 3)`` -- usually a Zarr v3
-array on disk, possibly far larger than memory. Every export accepts any array-like with that
-shape and dtype that supports numpy slicing (``zarr.Array``, ``numpy.ndarray``, a
-``numpy.memmap``, ...) and never materialises the whole image: pixels are streamed block by block
-(aligned to the source's chunk grid) into a *bridge* that libvips can read with random access,
-and libvips then builds every output with its demand-driven, bounded-memory benchmarks.
+The finished image of a run is an ``(H, W, C)`` array in the input's format (grey, RGB or RGBA;
+8-bit, 16-bit or float32) -- usually a Zarr v3 array on disk, possibly far larger than memory.
+Every export accepts any such array-like that supports numpy slicing (``zarr.Array``,
+``numpy.ndarray``, a ``numpy.memmap``, ...) and never materialises the whole image: pixels are
+streamed block by block (aligned to the source's chunk grid) into a *bridge* that libvips can
+read with random access, and libvips then builds every output with its demand-driven,
+bounded-memory pipelines.
 
 This module is the entry point: :func:`export_all` writes several outputs of one image through
 one bridge, and every public name of the export layer can be imported from here.
@@ -140,8 +141,11 @@ def export_all(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8. ``ome-zarr`` alone also takes 1 or 4
-        channels and uint16 or float32 pixels (:func:`~gigasid.io.ome_zarr.ome_zarr_layout`).
+        Array-like of shape ``(H, W, C)``: ``C`` = 1, 3 or 4 (grey, RGB, RGBA), dtype uint8,
+        uint16 or float32. TIFF, PNG, Zarr and OME-Zarr keep the channels and the type (PNG
+        writes floats as 16-bit through ``options.display_window``); DeepZoom, IIIF, JPEG, the
+        preview and the viewer get an 8-bit colour rendering
+        (:func:`~gigasid.io.vips_bridge.render_8bit`, window ``options.display_window``).
     out_dir
         Output directory (created if needed).
     options
@@ -185,7 +189,7 @@ def export_all(
         )
     if "ome-zarr" in fmts:
         height, width = ome_zarr_layout(image)[:2]
-    if fmts != ["ome-zarr"]:  # every other format reads uint8 RGB
+    if fmts != ["ome-zarr"]:
         height, width = _image_shape(image)
     for fmt in ("png", "jpeg"):
         if fmt in fmts:
@@ -226,10 +230,17 @@ def export_all(
                     options.preview_long_side,
                     quality=options.quality,
                     bridge=bridge,
+                    window=options.display_window,
                 ),
-                "png": lambda: export_png(image, out / "image.png", bridge=bridge),
+                "png": lambda: export_png(
+                    image, out / "image.png", bridge=bridge, window=options.display_window
+                ),
                 "jpeg": lambda: export_jpeg(
-                    image, out / "image.jpg", options.quality, bridge=bridge
+                    image,
+                    out / "image.jpg",
+                    options.quality,
+                    bridge=bridge,
+                    window=options.display_window,
                 ),
                 "iiif": lambda: export_iiif(image, out / "iiif", options, bridge=bridge),
             }

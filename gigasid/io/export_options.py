@@ -98,6 +98,7 @@ class ExportOptions:
     preview_long_side: int = 1024
     dzi_tile_size: int | None = None
     iiif_base_url: str = "http://localhost:8000"
+    display_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -126,6 +127,11 @@ class ExportOptions:
         if self.dzi_tile_size is not None:
             _check_int("dzi_tile_size", self.dzi_tile_size, 1, 8192)
         _check_url("iiif_base_url", self.iiif_base_url)
+        if self.display_window is not None:
+            lo, hi = (float(v) for v in self.display_window)
+            if not hi > lo:
+                raise ValueError(f"display_window must be (lo, hi) with hi > lo, got "
+                                 f"{self.display_window}")
         dzi_tile = self.effective_dzi_tile_size
         if dzi_tile < 1 or self.dzi_overlap * 2 > dzi_tile:
             raise ValueError(

@@ -64,7 +64,8 @@ def export_iiif(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8 (read through the libvips bridge, as the
+        Array-like of shape ``(H, W, C)`` (see :class:`VipsBridge`; an 8-bit rendering is
+        tiled) (read through the libvips bridge, as the
         DeepZoom export).
     path
         The directory (conventionally ``out/iiif``); its name is the last segment of the
@@ -89,7 +90,7 @@ def export_iiif(
     staging = Path(tempfile.mkdtemp(prefix=".gigasid-iiif-", dir=out.parent))
     try:
         with _bridge_for(image, out.parent, bridge) as b:
-            b.image.dzsave(
+            b.display(options.display_window).dzsave(
                 str(staging / out.name),
                 layout="iiif3",
                 tile_size=options.tile_size,

@@ -1,7 +1,7 @@
 """The finished image as a Zarr v3 array: the band layout libvips maps in place, and copies.
 
 :func:`write_image_zarr` writes a run's finished image (``out/image.zarr``) as uncompressed
-full-width bands of rows (:func:`create_image_zarr`), so that every chunk file *is* the raw RGB
+full-width bands of rows (:func:`create_image_zarr`), so that every chunk file *is* the raw pixel
 bytes of its band; :func:`_band_files` recognises such an array, whose files the bridge
 (:class:`gigasid.io.vips_bridge.VipsBridge`) then maps without decoding or copying.
 :func:`export_zarr` copies any image into a new Zarr array with Zarr's default codecs
@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from gigasid.io.output_files import _check_disk, _remove
-from gigasid.io.pixel_blocks import _BLOCK_BUDGET_BYTES, _image_shape, _iter_blocks, _read_block
+from gigasid.io.pixel_blocks import (
+    _BLOCK_BUDGET_BYTES,
+    _image_format,
+    _iter_blocks,
+    _read_block,
+)
 
 __all__ = [
     "IMAGE_BAND_BYTES",
@@ -38,17 +43,21 @@ IMAGE_BAND_BYTES = 32 * 1024 * 1024
 
 
 def image_band_rows(
-    height: int, width: int, tile: int = 512, band_bytes: int = IMAGE_BAND_BYTES
+    height: int,
+    width: int,
+    tile: int = 512,
+    band_bytes: int = IMAGE_BAND_BYTES,
+    pixel_bytes: int = 3,
 ) -> int:
     """Rows of one chunk of an image array written by :func:`write_image_zarr`.
 
     The largest multiple of ``tile`` whose full-width band fits in ``band_bytes`` or, for
     images too wide for one tile row in that budget, the largest divisor of ``tile`` that
     fits (so that no tile of the engine's grid straddles more bands than it must); at least
-    one row, at most ``height``.
+    one row, at most ``height``. ``pixel_bytes`` is the size of one pixel (3 for 8-bit RGB).
     """
     tile = max(1, int(tile))
-    fit = max(1, int(band_bytes) // max(1, int(width) * 3))
+    fit = max(1, int(band_bytes) // max(1, int(width) * int(pixel_bytes)))
     if fit >= tile:
         rows = fit // tile * tile
     else:
@@ -64,24 +73,28 @@ def create_image_zarr(
     tile: int = 512,
     band_bytes: int = IMAGE_BAND_BYTES,
     overwrite: bool = True,
+    channels: int = 3,
+    dtype: str = "uint8",
 ) -> Any:
-    """Create an empty ``(height, width, 3)`` uint8 Zarr v3 array in the export-friendly layout.
+    """Create an empty ``(height, width, channels)`` Zarr v3 array in the export-friendly layout.
 
     Chunks are full-width bands of :func:`image_band_rows` rows with no compression (only the
     ``bytes`` codec), so that every chunk file is exactly the raw RGB rows of its band: the
     exports memory-map those files in place (:class:`~gigasid.io.vips_bridge.VipsBridge`) instead
     of decoding and copying the image, and the array stays a plain Zarr v3 array for any reader
-    (``zarr.open_array``). Costs ``3 * height * width`` bytes of disk (no compression), which
-    is what the export's temporary copy would otherwise take.
+    (``zarr.open_array``). Costs the image's raw size on disk (no compression), which is what
+    the export's temporary copy would otherwise take. ``dtype`` is ``uint8`` (the default),
+    ``uint16`` or ``float32``.
     """
     import zarr
 
-    rows = image_band_rows(height, width, tile, band_bytes)
+    pixel_bytes = int(channels) * np.dtype(dtype).itemsize
+    rows = image_band_rows(height, width, tile, band_bytes, pixel_bytes)
     return zarr.create_array(
         store=str(path),
-        shape=(int(height), int(width), 3),
-        chunks=(rows, int(width), 3),
-        dtype="uint8",
+        shape=(int(height), int(width), int(channels)),
+        chunks=(rows, int(width), int(channels)),
+        dtype=dtype,
         fill_value=0,
         compressors=None,
         filters=None,
@@ -100,6 +113,8 @@ def write_image_zarr(
     *,
     tile: int = 512,
     band_bytes: int = IMAGE_BAND_BYTES,
+    channels: int = 3,
+    dtype: str = "uint8",
 ) -> Any:
     """Write a finished image, band by band, as an array of :func:`create_image_zarr`.
 
@@ -110,24 +125,28 @@ def write_image_zarr(
     height, width
         Image size.
     read
-        ``read(y0, y1, x0, x1)`` returns the ``(y1 - y0, x1 - x0, 3)`` uint8 pixels of a
-        region; it is called for regions that never cross the ``tile`` grid, so a source
-        chunked by ``tile`` decodes at most one chunk per call.
+        ``read(y0, y1, x0, x1)`` returns the ``(y1 - y0, x1 - x0, channels)`` pixels of a
+        region (of ``dtype``); it is called for regions that never cross the ``tile`` grid, so
+        a source chunked by ``tile`` decodes at most one chunk per call.
     tile
         Tile (chunk) side of the source.
     band_bytes
         Bytes of one band (:data:`IMAGE_BAND_BYTES`): the memory this function holds, besides
         one region from ``read``.
+    channels, dtype
+        The pixels' channels and sample type (:func:`create_image_zarr`).
 
     Returns
     -------
     zarr.Array
         The written array.
     """
-    arr = create_image_zarr(path, height, width, tile=tile, band_bytes=band_bytes)
+    arr = create_image_zarr(
+        path, height, width, tile=tile, band_bytes=band_bytes, channels=channels, dtype=dtype
+    )
     rows = int(arr.chunks[0])
     tile = max(1, int(tile))
-    band = np.empty((rows, int(width), 3), dtype=np.uint8)
+    band = np.empty((rows, int(width), int(channels)), dtype=np.dtype(dtype))
     for y0 in range(0, height, rows):
         y1 = min(height, y0 + rows)
         ty = y0
@@ -146,7 +165,7 @@ def _band_files(image: Any) -> tuple[list[str], int] | None:
 
     Matches the arrays of :func:`create_image_zarr` (and any equivalent one): Zarr v3 on a
     local directory, the ``bytes`` codec alone (no compression, no sharding, no transpose),
-    chunks spanning the whole width and the 3 channels, every chunk file present with exactly
+    chunks spanning the whole width and every channel, every chunk file present with exactly
     the size of a full chunk. Anything else (compressed chunks of older runs, other stores)
     returns ``None`` and is copied by decoding it.
     """
@@ -166,9 +185,10 @@ def _band_files(image: Any) -> tuple[list[str], int] | None:
             return None
         height, width = int(image.shape[0]), int(image.shape[1])
         rows, cw, cc = (int(c) for c in image.chunks)
-        if cw != width or cc != 3 or rows < 1 or np.dtype(image.dtype) != np.uint8:
+        channels, dtype = int(image.shape[2]), np.dtype(image.dtype)
+        if cw != width or cc != channels or rows < 1 or dtype.byteorder == ">":
             return None
-        size = rows * width * 3
+        size = rows * width * channels * dtype.itemsize
         files = []
         for i in range(-(-height // rows)):
             f = root / meta.encode_chunk_key((i, 0, 0))
@@ -208,7 +228,7 @@ def export_zarr(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8.
+        Array-like of shape ``(H, W, C)`` (``C`` = 1, 3 or 4), dtype uint8, uint16 or float32.
     path
         Directory of the new array; an existing one is replaced once the copy is complete.
     chunks
@@ -223,7 +243,7 @@ def export_zarr(
     """
     import zarr
 
-    height, width = _image_shape(image)
+    height, width, channels, dtype = _image_format(image)
     out = Path(path)
     if _zarr_directory(image) == out.resolve():
         # the image already is this array (``gigasid export RUN --format zarr`` into the run's
@@ -242,9 +262,9 @@ def export_zarr(
     try:
         arr = zarr.create_array(
             store=str(staging),
-            shape=(height, width, 3),
-            chunks=(ch, cw, 3),
-            dtype="uint8",
+            shape=(height, width, channels),
+            chunks=(ch, cw, channels),
+            dtype=dtype,
             fill_value=0,
             dimension_names=("y", "x", "c"),
             config={"write_empty_chunks": True},
@@ -253,7 +273,7 @@ def export_zarr(
         if provenance is not None:
             arr.attrs["gigasid_provenance"] = json.loads(json.dumps(dict(provenance), default=str))
         # write whole destination chunks only (rows of chunks, within the block budget)
-        cols = max(cw, (_BLOCK_BUDGET_BYTES // (ch * 3)) // cw * cw)
+        cols = max(cw, (_BLOCK_BUDGET_BYTES // (ch * channels * dtype.itemsize)) // cw * cw)
         for ys, xs in _iter_blocks(height, width, ch, min(width, cols)):
             arr[ys, xs] = _read_block(image, ys, xs)
         _remove(out)

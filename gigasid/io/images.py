@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from gigasid.errors import InputError
+from gigasid.io.pixel_format import PixelFormat, _native, to_unit
 
 #: Largest input decoded whole into memory (pixels).
 MAX_IN_MEMORY_PIXELS = 256 * 2**20
@@ -35,12 +36,40 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image as a float32 ``(3, H, W)`` tensor in ``[0, 1]``.
+def load_image(path: str | Path, fmt: PixelFormat | None = None) -> torch.Tensor:
+    """Read an image as a float32 ``(C, H, W)`` tensor in ``[0, 1]``.
 
-    Grey images are repeated to three channels and alpha is dropped. Raises
+    Without ``fmt`` (masks, guides): three channels, grey repeated, alpha dropped, 16-bit
+    scaled by 65535. With a job's :class:`~gigasid.io.pixel_format.PixelFormat`: the file's own
+    channels mapped through the format's window (the references' pixels). Raises
     :class:`InputError` for a missing, unreadable, truncated or oversized file.
     """
+    arr = decode_native(path)
+    if fmt is not None:
+        try:
+            return to_unit(arr, fmt)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] >= 4:
+        arr = arr[:, :, :3]
+    return _legacy_unit(arr)
+
+
+def _legacy_unit(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype == np.uint8:
+        x = torch.from_numpy(np.array(arr, copy=True)).to(torch.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        x = torch.from_numpy(arr.astype(np.float32)) / 65535.0
+    else:
+        x = torch.from_numpy(arr.astype(np.float32)).clamp(0, 1)
+    return x.permute(2, 0, 1).contiguous()
+
+
+def decode_native(path: str | Path) -> np.ndarray:
+    """Decode an image whole as stored: ``(H, W, C)`` uint8, uint16 or float32 with ``C`` in
+    1, 3, 4 (grey + alpha widened to RGBA). Raises :class:`InputError` as :func:`load_image`."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"input image not found: {p} (check 'input' in the config; relative "
@@ -49,21 +78,47 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise InputError(f"input path is not a file: {p}")
     if p.suffix.lower() in (".tif", ".tiff"):
         arr = _read_tiff(p)
+    elif _png_bit_depth(p) == 16 and _png_colour(p) != 0:
+        arr = _read_vips(p)  # Pillow reads 16-bit colour PNGs as 8-bit
     else:
         arr = _read_pil(p)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] >= 4:
-        arr = arr[:, :, :3]
-    if arr.dtype == np.uint8:
-        x = torch.from_numpy(np.array(arr, copy=True)).to(torch.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        x = torch.from_numpy(arr.astype(np.float32)) / 65535.0
-    else:
-        x = torch.from_numpy(arr.astype(np.float32)).clamp(0, 1)
-    return x.permute(2, 0, 1).contiguous()
+    try:
+        return _native(arr)[0]
+    except InputError as exc:
+        raise InputError(f"{p}: {exc}") from None
+
+
+def _png_header(p: Path) -> bytes:
+    with open(p, "rb") as fh:
+        head = fh.read(26)
+    return head if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" else b""
+
+
+def _png_bit_depth(p: Path) -> int:
+    head = _png_header(p)
+    return head[24] if head else 0
+
+
+def _png_colour(p: Path) -> int:
+    head = _png_header(p)
+    return head[25] if head else -1
+
+
+def _read_vips(p: Path) -> np.ndarray:
+    import pyvips
+
+    try:
+        im = pyvips.Image.new_from_file(str(p), access="sequential", fail=True)
+        if im.width * im.height > MAX_IN_MEMORY_PIXELS:
+            raise InputError(f"{p}: {im.width}x{im.height} is too large to decode in memory")
+        if im.format not in _VIPS_DTYPES:
+            im = im.cast("float")
+        buf = im.write_to_memory()
+    except pyvips.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "decode error"
+        raise InputError(f"{p}: the image file is corrupt or truncated ({msg})") from None
+    return np.frombuffer(buf, dtype=_VIPS_DTYPES[im.format]).reshape(im.height, im.width,
+                                                                      im.bands)
 
 
 @contextlib.contextmanager
@@ -90,9 +145,14 @@ def _read_pil(p: Path) -> np.ndarray:
             if im.width * im.height > MAX_IN_MEMORY_PIXELS:
                 raise InputError(f"{p}: {im.width}x{im.height} is too large to decode in memory")
             im.load()
-            if im.mode not in ("RGB", "L", "RGBA", "I;16"):
+            if im.mode == "1":
+                im = im.convert("L")
+            elif im.mode not in ("RGB", "L", "RGBA", "I;16", "I", "F"):
                 im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            return np.asarray(im)
+            arr = np.asarray(im)
+            if im.mode == "I" and _png_bit_depth(p) == 16:  # 16-bit grey PNG as 32-bit ints
+                arr = arr.astype(np.uint16)
+            return arr
     except UnidentifiedImageError:
         raise InputError(f"{p}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -158,11 +218,12 @@ def image_shape(path: str | Path) -> tuple[int, int]:
 _VIPS_DTYPES = {"uchar": np.uint8, "ushort": np.uint16, "float": np.float32}
 
 
-def read_bands(path: str | Path, rows: int = 256):
+def read_bands(path: str | Path, rows: int = 256, fmt: PixelFormat | None = None):
     """Decode an image top to bottom in bands, never holding the whole image.
 
-    Yields ``(y0, band)`` with ``band`` a float32 ``(3, h, W)`` tensor in ``[0, 1]``, with the
-    same conventions as :func:`load_image` (grey repeated, alpha dropped, 16-bit scaled).
+    Yields ``(y0, band)`` with ``band`` a float32 ``(C, h, W)`` tensor in ``[0, 1]``, with the
+    same conventions as :func:`load_image` (without ``fmt``: three channels, grey repeated,
+    alpha dropped, 16-bit scaled; with it: the file's channels through its window).
     libvips reads the file sequentially (JPEG, PNG, TIFF, WebP, ...), so memory stays at a
     few bands whatever the image size. Raises :class:`InputError` for unreadable files.
     """
@@ -182,16 +243,12 @@ def read_bands(path: str | Path, rows: int = 256):
             h = min(rows, im.height - y0)
             buf = region.fetch(0, y0, im.width, h)
             arr = np.frombuffer(buf, dtype=dtype).reshape(h, im.width, im.bands)
+            if fmt is not None:
+                yield y0, to_unit(arr, fmt)
+                continue
             if arr.shape[2] in (1, 2):  # grey (+ alpha)
                 arr = np.repeat(arr[:, :, :1], 3, axis=2)
-            arr = arr[:, :, :3]
-            if arr.dtype == np.uint8:
-                band = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
-            elif arr.dtype == np.uint16:
-                band = torch.from_numpy(arr.astype(np.float32)) / 65535.0
-            else:
-                band = torch.from_numpy(arr.astype(np.float32)).clamp(0, 1)
-            yield y0, band.permute(2, 0, 1).contiguous()
+            yield y0, _legacy_unit(np.ascontiguousarray(arr[:, :, :3]))
     except pyvips.Error as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "decode error"
         raise InputError(f"{p}: the image file is corrupt or truncated ({msg})") from None

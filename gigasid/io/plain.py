@@ -20,7 +20,7 @@ from gigasid.io.export_options import (
 )
 from gigasid.io.output_files import _partial_path
 from gigasid.io.pixel_blocks import _image_shape
-from gigasid.io.vips_bridge import VipsBridge, _bridge_for
+from gigasid.io.vips_bridge import VipsBridge, _bridge_for, render_8bit
 
 __all__ = ["export_jpeg", "export_png", "export_preview"]
 
@@ -75,19 +75,23 @@ def export_png(
     *,
     compression: int = 6,
     bridge: VipsBridge | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Path:
     """Write a plain PNG, streamed (refused beyond PNG's practical limits).
 
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8.
+        Array-like of shape ``(H, W, C)``: grey, RGB or RGBA; 8-bit and 16-bit pixels are
+        written as they are, float pixels as 16-bit through ``window``.
     path
         Output file.
     compression
         zlib level 0..9.
     bridge
         An open :class:`VipsBridge` of ``image`` to reuse.
+    window
+        ``(lo, hi)`` float values mapped to 0..65535 (default 0..1); floats only.
 
     Returns
     -------
@@ -105,8 +109,21 @@ def export_png(
     _check_plain_limits("png", height, width)
     _check_int("compression", compression, 0, 9)
     return _save_atomically(
-        image, path, bridge, lambda v, tmp: v.pngsave(tmp, compression=compression, keep="none")
+        image,
+        path,
+        bridge,
+        lambda v, tmp: _png_ready(v, window).pngsave(tmp, compression=compression, keep="none"),
     )
+
+
+def _png_ready(image: Any, window: tuple[float, float] | None) -> Any:
+    """PNG holds 8 and 16 bits: float pixels go through ``window`` onto 0..65535."""
+    if image.format != "float":
+        return image
+    lo, hi = window or (0.0, 1.0)
+    out = (image.cast("double") - lo) * (65535.0 / (hi - lo)) + 0.5
+    out = (out < 0).ifthenelse(0, out).cast("ushort")
+    return out.copy(interpretation="grey16" if out.bands == 1 else "rgb16")
 
 
 def export_jpeg(
@@ -115,19 +132,22 @@ def export_jpeg(
     quality: int = 90,
     *,
     bridge: VipsBridge | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Path:
     """Write a plain baseline JPEG, streamed (refused beyond 65500 px per side).
 
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8.
+        Array-like of shape ``(H, W, C)`` (an 8-bit rendering is written, :func:`render_8bit`).
     path
         Output file.
     quality
         JPEG quality 1..100.
     bridge
         An open :class:`VipsBridge` of ``image`` to reuse.
+    window
+        ``(lo, hi)`` of 16-bit or float pixels shown as 0..255 (:func:`render_8bit`).
 
     Returns
     -------
@@ -144,7 +164,10 @@ def export_jpeg(
     _check_plain_limits("jpeg", height, width)
     _check_int("quality", quality, 1, 100)
     return _save_atomically(
-        image, path, bridge, lambda v, tmp: v.jpegsave(tmp, Q=quality, keep="none")
+        image,
+        path,
+        bridge,
+        lambda v, tmp: render_8bit(v, window).jpegsave(tmp, Q=quality, keep="none"),
     )
 
 
@@ -155,6 +178,7 @@ def export_preview(
     *,
     quality: int = 85,
     bridge: VipsBridge | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Path:
     """Write a downscaled JPEG preview whose longest side is at most ``long_side``.
 
@@ -164,7 +188,7 @@ def export_preview(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8.
+        Array-like of shape ``(H, W, C)`` (an 8-bit rendering is written, :func:`render_8bit`).
     path
         Output JPEG file.
     long_side
@@ -173,6 +197,8 @@ def export_preview(
         JPEG quality 1..100.
     bridge
         An open :class:`VipsBridge` of ``image`` to reuse.
+    window
+        ``(lo, hi)`` of 16-bit or float pixels shown as 0..255 (:func:`render_8bit`).
 
     Returns
     -------
@@ -186,7 +212,7 @@ def export_preview(
         image,
         path,
         bridge,
-        lambda v, tmp: v.thumbnail_image(long_side, height=long_side, size="down").jpegsave(
-            tmp, Q=quality, keep="none"
-        ),
+        lambda v, tmp: render_8bit(v, window)
+        .thumbnail_image(long_side, height=long_side, size="down")
+        .jpegsave(tmp, Q=quality, keep="none"),
     )

@@ -43,11 +43,13 @@ def _tiff_save(vimage: Any, path: Path, options: ExportOptions, provenance: Any)
         "pyramid": True,
         "bigtiff": True,
         "subifd": True,
-        "compression": options.tiff_compression,
+        "compression": _compression(image, options.tiff_compression),
     }
-    if options.tiff_compression in ("jpeg", "webp"):
+    if kwargs["compression"] in ("jpeg", "webp"):
         kwargs["Q"] = options.quality
-    if options.tiff_compression in ("deflate", "lzw"):
+    if kwargs["compression"] in ("deflate", "lzw") and image.format != "float":
+        # (the floating-point predictor would need readers that many lack, tifffile's
+        # numpy-only install among them)
         kwargs["predictor"] = "horizontal"
     # keep="none" would also drop the ImageDescription; the bridge images carry no other
     # metadata (no EXIF/XMP/ICC, and the TIFF bridge is written with metadata=None), so the
@@ -59,6 +61,16 @@ def _tiff_save(vimage: Any, path: Path, options: ExportOptions, provenance: Any)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _compression(image: Any, asked: str) -> str:
+    """JPEG and WebP hold 8 bits per sample and JPEG no alpha: 16-bit and float images, and
+    RGBA asked with JPEG, are written losslessly (deflate) instead of being cut down."""
+    if image.format != "uchar" and asked in ("jpeg", "webp"):
+        return "deflate"
+    if image.bands == 4 and asked == "jpeg":
+        return "deflate"
+    return asked
 
 
 def export_tiff(
@@ -74,7 +86,10 @@ def export_tiff(
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8 (``zarr.Array``, numpy array, ...).
+        Array-like of shape ``(H, W, C)`` (``C`` = 1, 3 or 4; uint8, uint16 or float32;
+        ``zarr.Array``, numpy array, ...), written with its channels and type. 16-bit and float
+        images asked with JPEG or WebP compression, and RGBA ones asked with JPEG, are written
+        with deflate (lossless).
     path
         Output file (conventionally ``image.tif``); replaced atomically when complete.
     options

@@ -26,12 +26,12 @@ mapped in place (no copy)
     generator, ``metadata=None``), which libvips then reads through libtiff.
 
 The copies hold one block of source pixels (at most 32 MB) at a time in anonymous memory and
-need ``H * W * 3`` bytes of temporary disk. The raw copy is the default because libvips reads
-it faster and with less memory than the TIFF one: on 2 cores, at 268 MP, DeepZoom ran 1.2-1.4x
-and the preview 1.6-3x faster from it, the pyramidal TIFF as fast, and peak RssAnon was 35-60 MB
-lower (libtiff decodes one tile at a time under a lock through a tile cache, whereas mmap'd raw
-pixels are shared page cache read in place). The ``"tiff"`` bridge stays selectable, as a
-fallback and for the benchmark.
+need the image's raw size (``H * W * C`` samples) of temporary disk. The raw copy is the default
+because libvips reads it faster and with less memory than the TIFF one: on 2 cores, at 268 MP,
+DeepZoom ran 1.2-1.4x and the preview 1.6-3x faster from it, the pyramidal TIFF as fast, and
+peak RssAnon was 35-60 MB lower (libtiff decodes one tile at a time under a lock through a tile
+cache, whereas mmap'd raw pixels are shared page cache read in place). The ``"tiff"`` bridge
+stays selectable, as a fallback and for the benchmark.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from gigasid.io.pixel_blocks import (
     _BLOCK_BUDGET_BYTES,
     _addressable,
     _block_shape,
-    _image_shape,
+    _image_format,
     _iter_blocks,
     _read_block,
 )
@@ -64,6 +64,41 @@ __all__ = ["VipsBridge"]
 
 #: Values of ``VipsBridge(method=...)``: see the module docstring.
 _BRIDGES = ("raw", "tiff")
+
+#: libvips' name of each sample type the exports write.
+_VIPS_FORMATS = {"uint8": "uchar", "uint16": "ushort", "float32": "float"}
+
+
+def _interpretation(channels: int, dtype: np.dtype) -> str:
+    """How libvips (and so its savers) should read the bands: grey or RGB(A), 8 or 16 bit."""
+    if channels == 1:
+        return "grey16" if dtype == np.uint16 else "b-w"
+    return "rgb16" if dtype == np.uint16 else "srgb"
+
+
+def render_8bit(image: Any, window: tuple[float, float] | None) -> Any:
+    """An 8-bit rendering of a libvips image for the viewers (DeepZoom, IIIF, JPEG, preview).
+
+    8-bit images are returned as they are (the same bytes as always). 16-bit and float
+    images are mapped linearly from ``window`` (``(lo, hi)`` stored values; default the
+    type's range: 0..65535, or 0..1 for floats) onto 0..255, rounded and clipped. Alpha is
+    dropped: the viewers show the colour (PNG and TIFF keep it).
+    """
+    if image.bands == 4:
+        image = image.extract_band(0, n=3)
+    elif image.bands == 2:
+        image = image.extract_band(0)
+    if image.format == "uchar":
+        return image.copy(interpretation="b-w" if image.bands == 1 else "srgb")
+    if window is None:
+        window = (0.0, 65535.0) if image.format == "ushort" else (0.0, 1.0)
+    lo, hi = float(window[0]), float(window[1])
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    out = (image.cast("double") - lo) * scale + 0.5
+    out = (out < 0).ifthenelse(0, out)  # cast truncates toward zero and clips at 255
+    out = out.cast("uchar")
+    return out.copy(interpretation="b-w" if out.bands == 1 else "srgb")
+
 
 #: Most band files one bridge maps at once (each holds a file descriptor while it is open); an
 #: image with more bands is copied into one raw file instead (in the kernel, still no decoding).
@@ -129,7 +164,8 @@ class VipsBridge:
     Parameters
     ----------
     image
-        Array-like of shape ``(H, W, 3)``, dtype uint8, supporting numpy slicing.
+        Array-like of shape ``(H, W, C)`` (``C`` = 1, 3 or 4), dtype uint8, uint16 or float32,
+        supporting numpy slicing.
     workdir
         Directory in which the temporary directory is created.
     method
@@ -147,7 +183,9 @@ class VipsBridge:
         block_budget: int = _BLOCK_BUDGET_BYTES,
     ) -> None:
         _check_choice("bridge method", method, _BRIDGES)
-        self.height, self.width = _image_shape(image)
+        self.height, self.width, self.channels, self.dtype = _image_format(image)
+        self._vformat = _VIPS_FORMATS[self.dtype.name]
+        self._pixel = self.channels * self.dtype.itemsize
         self.method = method
         self._source = image
         self._budget = int(block_budget)
@@ -177,8 +215,10 @@ class VipsBridge:
             # libvips reads it in place, no copy, no temporary file. The bridge (and pyvips)
             # keep a reference to the array, so it stays alive as long as the image.
             pyvips = _vips()
-            image = pyvips.Image.new_from_memory(src.data, self.width, self.height, 3, "uchar")
-            self._image = image.copy(interpretation="srgb")
+            image = pyvips.Image.new_from_memory(
+                src.data, self.width, self.height, self.channels, self._vformat
+            )
+            self._image = self._interpret(image)
             self.zero_copy = True
             return self
         bands = _band_files(src) if self.method == "raw" else None
@@ -189,7 +229,7 @@ class VipsBridge:
             self.zero_copy = True
             return self
         self._workdir.mkdir(parents=True, exist_ok=True)
-        nbytes = self.height * self.width * 3
+        nbytes = self.height * self.width * self._pixel
         _check_disk(self._workdir, nbytes + (1 << 20), "the temporary export copy")
         self._tmpdir = Path(tempfile.mkdtemp(prefix=".gigasid-export-", dir=self._workdir))
         try:
@@ -211,10 +251,23 @@ class VipsBridge:
 
     @property
     def image(self) -> Any:
-        """The ``pyvips.Image`` reading the bridge (sRGB, 3 bands, uchar)."""
+        """The ``pyvips.Image`` reading the bridge: the source's bands and sample type."""
         if self._image is None:
             raise RuntimeError("VipsBridge is not open; use it as a context manager")
         return self._image
+
+    def display(self, window: tuple[float, float] | None = None) -> Any:
+        """The 8-bit rendering of :attr:`image` the viewers get (:func:`render_8bit`)."""
+        return render_8bit(self.image, window)
+
+    def _interpret(self, image: Any) -> Any:
+        return image.copy(interpretation=_interpretation(self.channels, self.dtype))
+
+    def _rawload(self, path: str, height: int) -> Any:
+        pyvips = _vips()
+        return pyvips.Image.rawload(
+            path, self.width, height, self.channels, format=self._vformat
+        )
 
     # -- the two bridges -------------------------------------------------------------------------
 
@@ -222,20 +275,19 @@ class VipsBridge:
         pyvips = _vips()
         # every band file holds `rows` full rows (Zarr pads the last chunk); arrayjoin stacks
         # them and the crop drops the padding below the image
-        parts = [pyvips.Image.rawload(f, self.width, rows, 3) for f in files]
+        parts = [self._rawload(f, rows) for f in files]
         image = parts[0] if len(parts) == 1 else pyvips.Image.arrayjoin(parts, across=1)
         if image.height != self.height:
             image = image.crop(0, 0, self.width, self.height)
-        return image.copy(interpretation="srgb")
+        return self._interpret(image)
 
     def _open_raw(self, bands: tuple[list[str], int] | None = None) -> Any:
-        pyvips = _vips()
         src = self._source
         assert self._tmpdir is not None
         path = self._tmpdir / "pixels.raw"
         if bands is not None:  # raw band files, too many to map at once: copied in the kernel
             files, rows = bands
-            row_bytes = self.width * 3
+            row_bytes = self.width * self._pixel
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.ftruncate(fd, self.height * row_bytes)
@@ -244,10 +296,9 @@ class VipsBridge:
                     _copy_file_range_all(f, fd, n * row_bytes, i * rows * row_bytes)
             finally:
                 os.close(fd)
-            image = pyvips.Image.rawload(str(path), self.width, self.height, 3)
-            return image.copy(interpretation="srgb")
+            return self._interpret(self._rawload(str(path), self.height))
         rows, cols = _block_shape(src, self.height, self.width, self._budget)
-        row_bytes = self.width * 3
+        row_bytes = self.width * self._pixel
         # Full-width blocks are contiguous in the file: one pwrite each (5x faster than faulting
         # the pages in through a memmap). Narrower blocks (very wide images) go through a memmap.
         # Either way the pixels land in the page cache (file-backed, reclaimable), so the copy
@@ -267,7 +318,10 @@ class VipsBridge:
                     else:
                         if mm is None:
                             mm = np.memmap(
-                                path, dtype=np.uint8, mode="r+", shape=(self.height, self.width, 3)
+                                path,
+                                dtype=self.dtype,
+                                mode="r+",
+                                shape=(self.height, self.width, self.channels),
                             )
                         mm[ys, xs] = block
                     del block
@@ -276,8 +330,7 @@ class VipsBridge:
         finally:
             del mm
             os.close(fd)
-        image = pyvips.Image.rawload(str(path), self.width, self.height, 3)
-        return image.copy(interpretation="srgb")
+        return self._interpret(self._rawload(str(path), self.height))
 
     def _open_tiff(self) -> Any:
         import tifffile
@@ -291,7 +344,7 @@ class VipsBridge:
             if chunks[0] == chunks[1] and chunks[0] % 16 == 0 and 16 <= chunks[0] <= 2048:
                 tile = int(chunks[0])
         # a band of `tile` rows is read in column groups of whole tiles within the budget
-        group = max(tile, (self._budget // (tile * 3)) // tile * tile)
+        group = max(tile, (self._budget // (tile * self._pixel)) // tile * tile)
 
         def tiles() -> Iterator[np.ndarray]:
             for y in range(0, self.height, tile):
@@ -306,14 +359,15 @@ class VipsBridge:
             tifffile.imwrite(
                 path,
                 tiles(),
-                shape=(self.height, self.width, 3),
-                dtype=np.uint8,
+                shape=(self.height, self.width, self.channels),
+                dtype=self.dtype,
                 tile=(tile, tile),
-                photometric="rgb",
+                photometric="minisblack" if self.channels == 1 else "rgb",
+                extrasamples=("unassalpha",) if self.channels == 4 else None,
                 metadata=None,
                 bigtiff=True,
             )
-        return pyvips.Image.new_from_file(str(path))
+        return self._interpret(pyvips.Image.new_from_file(str(path)))
 
 
 @contextlib.contextmanager
