@@ -73,6 +73,8 @@ class OutputConfig:
     dzi_tile_format: str = "jpg"
     dzi_container: str = "fs"
     preview_long_side: int = 1024
+    #: where the ``iiif/`` folder will be served from (written into its ``info.json``)
+    iiif_base_url: str = "http://localhost:8000"
 
 
 @dataclass
@@ -467,6 +469,12 @@ def validate(cfg: JobConfig) -> None:
     _check_range("output.quality", o.quality, 1, 100)
     _check_choice("output.dzi_tile_format", o.dzi_tile_format, ("jpg", "png", "webp"))
     _check_choice("output.dzi_container", o.dzi_container, ("fs", "zip"))
+    from gigasid.io.export_options import _check_url
+
+    try:
+        _check_url("output.iiif_base_url", o.iiif_base_url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     lt = cfg.latent
     _check_choice("latent.dtype", lt.dtype, ("auto", "float32", "bfloat16", "float16"))
     _check_range("latent.tile", lt.tile, 8, 4096)

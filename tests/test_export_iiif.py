@@ -134,3 +134,19 @@ def test_viewer_needs_an_iiif_description(tmp_path: Path) -> None:
         write_viewer(tmp_path, tmp_path / "iiif", "x")
     with pytest.raises(ViewerError, match="IIIF"):
         write_viewer(tmp_path, tmp_path / "image.zip", "x")
+
+
+def test_run_config_sets_the_base_url(tmp_path: Path, photo_file) -> None:
+    from conftest import REPO, run_cli
+
+    ref = photo_file((48, 64))
+    job = ["run", REPO / "configs" / "uncond.yaml", f"input={ref}", "num_samples=1",
+           "num_steps=2", "output.formats=[iiif]", "--quiet"]
+    url = "https://example.org/images/run1"
+    r = run_cli(*job, f"output.iiif_base_url={url}", "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "a" / "out" / "iiif" / "info.json").read_text())
+    assert info["id"] == url + "/iiif"
+    r = run_cli(*job, "output.iiif_base_url=ftp://x", "--out", tmp_path / "b")
+    assert r.returncode == 2 and "iiif_base_url" in r.stderr
+    assert not (tmp_path / "b").exists()

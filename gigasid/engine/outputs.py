@@ -94,7 +94,8 @@ def write_outputs(job: Job, store, name: str, out_dir: Path, sample: int,
         opts = export.ExportOptions(
             tile_size=o.tile_size, tiff_compression=o.tiff_compression, quality=o.quality,
             dzi_tile_format=o.dzi_tile_format, dzi_container=o.dzi_container,
-            preview_long_side=o.preview_long_side, display_window=window)
+            preview_long_side=o.preview_long_side, iiif_base_url=o.iiif_base_url,
+            display_window=window)
         files = export.export_all(image, dest, opts, prov, formats=deep, title=prov["title"])
         written.update({k: str(v) for k, v in files.items()})
     return written
