@@ -213,9 +213,8 @@ def _sample_dir(run_dir: Path, sample: int) -> Path:
 
 
 def _sample_image(run_dir: Path, sample: int):
-    """The finished uint8 image of a sample: its Zarr array, else its PNG."""
-    import numpy as np
-
+    """The finished image of a sample, in the run's pixel format: its Zarr array, else its
+    PNG."""
     d = _sample_dir(run_dir, sample) if (run_dir / "out").exists() else None
     if d is not None and (d / "image.zarr").exists():
         import zarr
@@ -223,29 +222,67 @@ def _sample_image(run_dir: Path, sample: int):
         return zarr.open_array(str(d / "image.zarr"), mode="r")
     png = run_dir / f"sample_{sample:03d}.png"
     if png.is_file():
-        from PIL import Image
+        from gigasid.io.images import decode_native
 
-        return np.asarray(Image.open(png).convert("RGB"))
+        return decode_native(png)
     raise RunDirError(f"{run_dir} has no finished image for sample {sample}")
+
+
+def _display_window(run_dir: Path) -> tuple[float, float] | None:
+    """The window the run's 8-bit renderings show (16-bit and float runs; see plan.json)."""
+    import json
+
+    try:
+        fmt = json.loads((run_dir / "plan.json").read_text()).get("pixel_format") or {}
+    except (OSError, ValueError):
+        return None
+    if fmt.get("dtype", "uint8") == "uint8":
+        return None
+    return float(fmt["lo"]), float(fmt["hi"])
 
 
 @app.command()
 def view(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    sample: Annotated[int, typer.Option("--sample", "-s", help="Which sample.")] = 0,
+    sample: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--sample", "-s", help="Which sample (default: the first; while running, the one "
+        "being computed).")] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free).")] = 0,
     browser: Annotated[bool, typer.Option("--browser/--no-browser",
                                           help="Open the web browser.")] = True,
 ) -> None:
-    """Serve a run's deep-zoom viewer on 127.0.0.1 and open it in the browser."""
+    """Serve a run on 127.0.0.1 and open it in the browser: the deep-zoom viewer of a
+    finished run, a live view (progress and a refreshed picture) of a running one."""
+    from gigasid.engine.status import run_progress
     from gigasid.io.serve import serve
 
-    d = _sample_dir(run_dir, sample)
-    if not (d / "index.html").is_file():
-        raise RunDirError(f"{d} has no viewer; run `gigasid export {run_dir} --format dzi` "
-                          "first, or add viewer to output.formats")
-    server = serve(d, port=port, open_browser=browser)
-    typer.echo(f"serving {d} at {server.url}  (Ctrl-C to stop)", err=True)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    viewer = None
+    try:
+        viewer = _sample_dir(run_dir, sample or 0) / "index.html"
+    except RunDirError:
+        pass
+    # a finished job (or exported files without a job): its viewer; anything else is live
+    job = run_dir / "job.yaml"
+    if viewer is not None and viewer.is_file() and (
+            not job.is_file() or run_progress(run_dir).finished):
+        server = serve(viewer.parent, port=port, open_browser=browser)
+        typer.echo(f"serving {viewer.parent} at {server.url}  (Ctrl-C to stop)", err=True)
+    else:
+        from gigasid.engine.live import LiveView
+        from gigasid.io.live_page import LIVE_PREFIX, live_routes
+
+        if not job.is_file():
+            raise RunDirError(f"{run_dir} is not a gigasid run directory (no job.yaml) and "
+                              "has no viewer")
+        live = LiveView(run_dir, sample=sample)
+        # the files under out/ (the viewer, once written) next to the live page
+        server = serve(run_dir / "out", port=port, open_browser=browser,
+                       page=LIVE_PREFIX.lstrip("/"),
+                       routes=live_routes(live.status, live.snapshot_png))
+        typer.echo(f"live view of {run_dir} at {server.url}{LIVE_PREFIX.lstrip('/')}  "
+                   "(Ctrl-C to stop)", err=True)
     try:
         while True:
             time.sleep(3600)
@@ -278,7 +315,8 @@ def export(
     try:
         opts = ex.ExportOptions(tile_size=tile_size, tiff_compression=compression,
                                 quality=quality, dzi_tile_format=tile_format,
-                                dzi_container=container)
+                                dzi_container=container,
+                                display_window=_display_window(run_dir))
         opts.validate()
         names = {"jpg": "jpeg", "tif": "tiff"}
         fmts = [names.get(f, f) for f in fmt]

@@ -18,17 +18,6 @@ from gigasid.io.export import ExportOptions, export_all, export_dzi
 from gigasid.io.serve import ServeError, serve
 from gigasid.io.viewer import ViewerError, read_dzi, write_viewer
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROVENANCE = {"gigasid_version": "0.1.0", "seed": 4242, "config": {"app": "sample"}}
 
 
@@ -145,17 +134,6 @@ def test_serve_refuses_remote_hosts(site: Path) -> None:
 # a real browser
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def wait_fully_loaded(page) -> None:
