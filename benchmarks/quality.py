@@ -8,7 +8,9 @@ Usage::
 
 ``inpaint`` fills each case's drawn mask with gigasid (``configs/inpaint.yaml``, one sample,
 whole ``gigasid run`` process timed) and with Resynthesizer, the classic content-aware fill
-(``pip install resynthesizer``, GPL; benchmark only). ``outpaint`` centres each picture in a
+(``pip install resynthesizer``, GPL; benchmark only), timed both as a whole process
+(``wall_s``, the peer of a whole ``gigasid run``) and in-process (``fill_s``, the fill
+alone). ``outpaint`` centres each picture in a
 canvas four times as wide. Writes ``<app>_<split>.json``, ``<app>_<split>.md`` (a table) and
 ``<app>_<split>.jpg`` (a contact sheet: input and mask, gigasid, the peer) to ``--out``.
 """
@@ -66,6 +68,28 @@ def run_resynth(img: np.ndarray, hole: np.ndarray, repeats: int = 1) -> tuple[np
     return np.asarray(out.convert("RGB")), statistics.median(times)
 
 
+#: Resynthesizer as a user runs it: a fresh process that reads the image and the mask, fills,
+#: writes the result (the peer of a whole ``gigasid run``).
+_RESYNTH_SCRIPT = """
+import sys
+from PIL import Image
+from resynthesizer import resynthesize
+img = Image.open(sys.argv[1]).convert("RGB")
+mask = Image.open(sys.argv[2]).convert("L")
+resynthesize(img, mask).save(sys.argv[3])
+"""
+
+
+def resynth_process(img: np.ndarray, hole: np.ndarray, work: Path) -> float:
+    """Wall time of a whole Resynthesizer process on ``img`` and ``hole``."""
+    Image.fromarray(img).save(work / "peer_in.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(work / "peer_mask.png")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _RESYNTH_SCRIPT, str(work / "peer_in.png"),
+                    str(work / "peer_mask.png"), str(work / "peer_out.png")], check=True)
+    return time.perf_counter() - t0
+
+
 def _fill_metrics(img: np.ndarray, ref: np.ndarray, hole: np.ndarray) -> dict:
     return {"texture": fill_texture(img, hole), "seam": border_seam(img, hole),
             "known_err": known_error(img, ref, hole)}
@@ -80,6 +104,7 @@ def bench_inpaint(split: str, overrides: list[str], peer: bool) -> tuple[list[di
             Image.fromarray(case.mask.astype(np.uint8) * 255).save(work / "mask.png")
             ours, t = run_gigasid("inpaint", [f"input={work / 'input.png'}",
                                               f"mask={work / 'mask.png'}", *overrides], work)
+            proc = resynth_process(case.image, case.mask, work) if peer else None
         row = {"image": case.name, "mask": case.mask_kind,
                "hole_pct": round(100 * float(case.mask.mean()), 1),
                "ref_texture": fill_texture(case.image, case.mask),
@@ -87,7 +112,8 @@ def bench_inpaint(split: str, overrides: list[str], peer: bool) -> tuple[list[di
         pics = [_overlay(case.image, case.mask), ours]
         if peer:
             theirs, ts = run_resynth(case.image, case.mask)
-            row["resynth"] = {**_fill_metrics(theirs, case.image, case.mask), "wall_s": ts}
+            row["resynth"] = {**_fill_metrics(theirs, case.image, case.mask), "wall_s": proc,
+                              "fill_s": ts}
             pics.append(theirs)
         rows.append(row)
         sheet.append((case.name, pics))
@@ -104,17 +130,18 @@ def bench_outpaint(split: str, overrides: list[str], peer: bool) -> tuple[list[d
             Image.fromarray(case.image).save(work / "input.png")
             ours, t = run_gigasid("outpaint", [f"input={work / 'input.png'}",
                                                f"output_size=[{h},{4 * w}]", *overrides], work)
-        oy, ox = (ours.shape[0] - h) // 2, (ours.shape[1] - w) // 2
-        hole = np.ones(ours.shape[:2], bool)
-        hole[oy:oy + h, ox:ox + w] = False
-        canvas = np.zeros_like(ours)
-        canvas[oy:oy + h, ox:ox + w] = case.image
+            oy, ox = (ours.shape[0] - h) // 2, (ours.shape[1] - w) // 2
+            hole = np.ones(ours.shape[:2], bool)
+            hole[oy:oy + h, ox:ox + w] = False
+            canvas = np.zeros_like(ours)
+            canvas[oy:oy + h, ox:ox + w] = case.image
+            proc = resynth_process(canvas, hole, work) if peer else None
         row = {"image": case.name, "ours": {"edge": border_seam(ours, hole),
                                             "known_err": known_error(ours, canvas, hole), **t}}
         pics = [ours]
         if peer:
             theirs, ts = run_resynth(canvas, hole)
-            row["resynth"] = {"edge": border_seam(theirs, hole), "wall_s": ts}
+            row["resynth"] = {"edge": border_seam(theirs, hole), "wall_s": proc, "fill_s": ts}
             pics.append(theirs)
         rows.append(row)
         sheet.append((case.name, pics))
@@ -152,8 +179,9 @@ def _table(app: str, rows: list[dict]) -> str:
     keys = {"inpaint": ["texture", "seam", "known_err", "wall_s"],
             "outpaint": ["edge", "known_err", "wall_s"]}[app]
     peer = any("resynth" in r for r in rows)
-    head = ["image"] + [f"ours {k}" for k in keys] + ([f"resynth {k}" for k in keys
-                                                         if k != "known_err"] if peer else [])
+    theirs = [k for k in keys if k != "known_err"] + ["fill_s"]
+    head = ["image"] + [f"ours {k}" for k in keys] + ([f"resynth {k}" for k in theirs]
+                                                      if peer else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(v):
@@ -162,7 +190,7 @@ def _table(app: str, rows: list[dict]) -> str:
     for r in rows + [_means(rows, keys)]:
         cells = [r["image"]] + [fmt(r["ours"][k]) for k in keys]
         if peer:
-            cells += [fmt(r["resynth"][k]) for k in keys if k != "known_err"]
+            cells += [fmt(r["resynth"][k]) for k in theirs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -171,7 +199,7 @@ def _means(rows: list[dict], keys: list[str]) -> dict:
     out = {"image": "**mean**"}
     for who in ("ours", "resynth"):
         if all(who in r for r in rows):
-            out[who] = {k: statistics.mean(r[who][k] for r in rows) for k in keys
+            out[who] = {k: statistics.mean(r[who][k] for r in rows) for k in [*keys, "fill_s"]
                         if all(k in r[who] for r in rows)}
             if "known_err" in keys and who == "ours":
                 out[who]["known_err"] = max(r[who]["known_err"] for r in rows)

@@ -40,3 +40,25 @@ def test_held_coarse_pixels_carry_no_hole_content():
         far = shares[s] == 0
         assert torch.allclose(ours[s][:, far], plain[s][:, far].to(ours[s].dtype), atol=1e-5)
     assert max(leaks) > 0.1, leaks  # the case the known pyramid exists for does occur
+
+
+def test_active_parts_cover_every_generated_pixel_and_little_else():
+    from gigasid.apps.known import active_parts
+
+    g = torch.Generator().manual_seed(3)
+    hole = torch.zeros(150, 230, dtype=torch.bool)
+    for _ in range(6):  # scattered strokes
+        y, x = (int(v) for v in torch.randint(0, 140, (2,), generator=g))
+        hole[y:y + 8, x:x + 60] = True
+    parts_of = active_parts(hole, block=16)
+    for region in [(0, 150, 0, 230), (17, 101, 40, 229)]:
+        y0, y1, x0, x1 = region
+        covered = torch.zeros_like(hole)
+        for p in parts_of(region):
+            assert y0 <= p[0] < p[1] <= y1 and x0 <= p[2] < p[3] <= x1
+            assert not covered[p[0]:p[1], p[2]:p[3]].any()  # disjoint
+            covered[p[0]:p[1], p[2]:p[3]] = True
+            assert hole[p[0]:p[1], p[2]:p[3]].any()  # only blocks that hold the hole
+        inside = hole[y0:y1, x0:x1]
+        assert covered[y0:y1, x0:x1][inside].all()
+        assert covered.sum() < 0.8 * (y1 - y0) * (x1 - x0)

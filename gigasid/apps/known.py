@@ -22,7 +22,7 @@ import torch
 
 from gigasid.core import noise
 from gigasid.core.pyramid import resize_in_bands
-from gigasid.core.sampler import HoldFn, InitFn
+from gigasid.core.sampler import ActiveFn, HoldFn, InitFn
 from gigasid.core.schedule import Schedule
 
 #: A coarse pixel belongs to the hole when the hole makes up more than this share of it.
@@ -118,6 +118,46 @@ def hold_fn(known: torch.Tensor, hole: torch.Tensor, schedule: Schedule, seed: i
     return hold
 
 
+#: Side of the blocks (pixels of the scale) in which the work near a hole is cut: only blocks
+#: that hold generated pixels are computed.
+ACTIVE_BLOCK = 32
+
+
+def active_parts(hole: torch.Tensor, block: int = ACTIVE_BLOCK) -> ActiveFn:
+    """The ``active`` hook of a held region: the blocks of a fixed grid that hold generated
+    pixels, consecutive ones in a block row merged, clipped to the asked region.
+
+    >>> hole = torch.zeros(100, 100, dtype=torch.bool); hole[40:45, 70:75] = True
+    >>> active_parts(hole)((0, 100, 0, 100))
+    [(32, 64, 64, 96)]
+    """
+    import torch.nn.functional as F
+
+    occupied = F.max_pool2d(hole[None, None].to(torch.float32).cpu(), block,
+                            ceil_mode=True)[0, 0] > 0
+
+    def parts(region) -> list:
+        y0, y1, x0, x1 = region
+        out = []
+        for by in range(y0 // block, -(-y1 // block)):
+            row = occupied[by, x0 // block: -(-x1 // block)].tolist()
+            bx = 0
+            while bx < len(row):
+                if not row[bx]:
+                    bx += 1
+                    continue
+                run = bx
+                while run < len(row) and row[run]:
+                    run += 1
+                a, b = x0 // block + bx, x0 // block + run
+                out.append((max(y0, by * block), min(y1, (by + 1) * block),
+                            max(x0, a * block), min(x1, b * block)))
+                bx = run
+        return out
+
+    return parts
+
+
 def held_init(init: InitFn, hold: HoldFn, t: int) -> InitFn:
     """An initial state at step ``t`` with the known pixels held."""
     from gigasid.core.sampler import Transition
@@ -165,6 +205,7 @@ def known_program(view, scale: int, seed: int, known: torch.Tensor, hole: torch.
     if fn is not None:
         prog.hold = fn
         prog.init = held_init(prog.init, fn, t0)
+        prog.active = active_parts(hole)
     return prog
 
 

@@ -36,6 +36,11 @@ HoldFn = Callable[[Region, "Transition", torch.Tensor], torch.Tensor]
 #: implied by the returned estimate. A hook on a tiled scale must be local (a pixel's output
 #: depends on that pixel's input only); a non-local hook needs its app's ``whole_image``.
 EstimateFn = Callable[[Region, "Transition", torch.Tensor], torch.Tensor]
+#: ``active(region) -> parts``: the sub-regions of a stored region whose pixels ``hold`` does
+#: not overwrite. Everything else in the region is held after every step, so a region's
+#: transition only needs to compute its parts (each exactly as the whole region would: the
+#: estimate of a pixel does not depend on the region it is computed in).
+ActiveFn = Callable[[Region], "list[Region]"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class ScaleProgram:
     transitions: list[Transition] = field(default_factory=list)
     hold: HoldFn | None = None
     estimate: EstimateFn | None = None
+    #: where work is needed (with ``hold``; None: everywhere); the whole-image :func:`sample`
+    #: computes everywhere, which gives the same result
+    active: ActiveFn | None = None
 
 
 @dataclass

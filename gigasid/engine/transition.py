@@ -53,8 +53,23 @@ def run_transition(ctx: ScaleContext, program: ScaleProgram, tr: Transition, reg
     """Compute ``x_{t_to}`` on stored ``region`` (``(C, h, w)`` float32).
 
     ``read_x`` and ``read_coarser`` read stored regions of this scale's state and of the
-    finished coarser scale.
+    finished coarser scale. With a program's ``active`` hook only the region's active parts
+    are computed; the hold sets the rest (the same bytes as computing everything).
     """
+    parts = None if program.active is None or program.hold is None else program.active(region)
+    if parts is None or list(parts) == [tuple(region)]:
+        return _compute(ctx, program, tr, region, read_x, read_coarser, seed)
+    y0, y1, x0, x1 = region
+    out = torch.zeros((ctx.channels, y1 - y0, x1 - x0), device=ctx.device)
+    for p in parts:  # held once, on the whole region, below
+        out[:, p[0] - y0 : p[1] - y0, p[2] - x0 : p[3] - x0] = _compute(
+            ctx, program, tr, p, read_x, read_coarser, seed, hold=False)
+    return program.hold(region, tr, out)
+
+
+def _compute(ctx: ScaleContext, program: ScaleProgram, tr: Transition, region: Region,
+             read_x: Reader, read_coarser: Reader | None, seed: int,
+             hold: bool = True) -> torch.Tensor:
     sch = ctx.schedule
     a, s = sch.alphas[tr.t_from], sch.sigmas[tr.t_from]
     a2, s2 = sch.alphas[tr.t_to], sch.sigmas[tr.t_to]
@@ -83,7 +98,7 @@ def run_transition(ctx: ScaleContext, program: ScaleProgram, tr: Transition, reg
         z = noise.gaussian_region(seed, ctx.scale, tr.noise_step, ctx.channels, region,
                                   noise.STREAM_STEP, device=ctx.device)
     out = step(x_hat_r, eps, a2, s2, tr.eta, z)
-    if program.hold is not None:
+    if hold and program.hold is not None:
         out = program.hold(region, tr, out)
     return out
 
