@@ -213,3 +213,19 @@ def test_formats_an_app_or_codec_cannot_take_are_refused_before_work(tmp_path, g
     r = run_cli("run", *JOB, f"input=[{path},builtin:astronaut]", "--out", tmp_path / "two")
     assert r.returncode == 2 and "disagree" in r.stderr
     assert not (tmp_path / "two").exists()
+
+
+def test_16bit_inpaint_keeps_every_known_value(tmp_path, grey16):
+    path, a = grey16
+    mask = np.zeros(a.shape, np.uint8)
+    mask[20:40, 30:70] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "inpaint"
+    run_here([REPO / "configs" / "inpaint.yaml", f"input={path}", f"mask={tmp_path / 'mask.png'}",
+              "num_samples=1", "num_steps=3", "output.formats=[png]"], out)
+    got = np.asarray(Image.open(out / "sample_000.png"))
+    hole = mask > 0
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got[~hole], a[~hole])  # bit for bit, in 16 bits
+    assert a.min() <= got[hole].min() and got[hole].max() <= a.max()
+    assert got[hole].std() > 0.3 * a.std()  # a textured fill, not a flat one
