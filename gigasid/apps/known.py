@@ -123,36 +123,62 @@ def hold_fn(known: torch.Tensor, hole: torch.Tensor, schedule: Schedule, seed: i
 ACTIVE_BLOCK = 32
 
 
+#: Above this share of a region, its parts are not worth their halos: the whole region is
+#: computed (each part reads its own patch and blend margins).
+ACTIVE_MAX_SHARE = 0.5
+
+
 def active_parts(hole: torch.Tensor, block: int = ACTIVE_BLOCK) -> ActiveFn:
     """The ``active`` hook of a held region: the blocks of a fixed grid that hold generated
-    pixels, consecutive ones in a block row merged, clipped to the asked region.
+    pixels, consecutive ones in a block row merged, then block rows with the same runs
+    merged, clipped to the asked region; the whole region when the parts would cover more
+    than :data:`ACTIVE_MAX_SHARE` of it.
 
     >>> hole = torch.zeros(100, 100, dtype=torch.bool); hole[40:45, 70:75] = True
     >>> active_parts(hole)((0, 100, 0, 100))
     [(32, 64, 64, 96)]
+    >>> hole[:, :30] = True  # a band down the left edge: one part, not one per block row
+    >>> active_parts(hole)((0, 100, 0, 100))
+    [(0, 100, 0, 32), (32, 64, 64, 96)]
     """
     import torch.nn.functional as F
 
     occupied = F.max_pool2d(hole[None, None].to(torch.float32).cpu(), block,
                             ceil_mode=True)[0, 0] > 0
 
+    def runs(by: int, x0: int, x1: int) -> list[tuple[int, int]]:
+        row = occupied[by, x0 // block: -(-x1 // block)].tolist()
+        found, bx = [], 0
+        while bx < len(row):
+            if not row[bx]:
+                bx += 1
+                continue
+            end = bx
+            while end < len(row) and row[end]:
+                end += 1
+            found.append((max(x0, (x0 // block + bx) * block),
+                          min(x1, (x0 // block + end) * block)))
+            bx = end
+        return found
+
     def parts(region) -> list:
         y0, y1, x0, x1 = region
+        open_parts: dict[tuple[int, int], int] = {}  # x-run -> first block row, still open
         out = []
-        for by in range(y0 // block, -(-y1 // block)):
-            row = occupied[by, x0 // block: -(-x1 // block)].tolist()
-            bx = 0
-            while bx < len(row):
-                if not row[bx]:
-                    bx += 1
-                    continue
-                run = bx
-                while run < len(row) and row[run]:
-                    run += 1
-                a, b = x0 // block + bx, x0 // block + run
-                out.append((max(y0, by * block), min(y1, (by + 1) * block),
-                            max(x0, a * block), min(x1, b * block)))
-                bx = run
+        rows = range(y0 // block, -(-y1 // block))
+        for by in [*rows, None]:
+            now = set(runs(by, x0, x1)) if by is not None else set()
+            for run, start in list(open_parts.items()):
+                if run not in now:  # the run ends above this block row
+                    out.append((max(y0, start * block), min(y1, by * block if by is not None
+                                                            else y1), *run))
+                    del open_parts[run]
+            for run in now:
+                open_parts.setdefault(run, by)
+        out.sort()
+        area = sum((p[1] - p[0]) * (p[3] - p[2]) for p in out)
+        if area > ACTIVE_MAX_SHARE * (y1 - y0) * (x1 - x0):
+            return [tuple(region)]
         return out
 
     return parts
