@@ -140,18 +140,52 @@ def _softmax_sum(w, rows, inv, out):  # pragma: no cover
 @numba.njit(**_OPTS)
 def exact_denoise(x, y, alpha, inv, out):  # pragma: no cover
     """The exact denoiser over every patch: ``out[i] = sum_j softmax_j(-||x_i - alpha y_j||^2
-    inv) y_j`` with ``inv = 1 / (2 sigma^2)``, each distance from direct differences
-    (:func:`_sq_dist`) and each sum in a fixed order, so unlike a GEMM the result is the
-    same for any batch, thread count and CPU."""
-    m = x.shape[0]
+    inv) y_j`` with ``inv = 1 / (2 sigma^2)``, each distance from direct differences and each
+    sum in a fixed order, so unlike a GEMM the result is the same for any batch, thread count
+    and CPU.
+
+    As in :func:`project`, a block of :data:`PROJECT_BLOCK` queries is transposed so that the
+    innermost loop runs over queries: each query's squared differences are added in
+    dimension order (four per pass, written out), and the loop over the block's independent
+    sums vectorises without reordering any of them. The block's distances to every patch
+    (``PROJECT_BLOCK x N`` float32) are then turned into weights query by query.
+    """
+    m, dim = x.shape
     n = y.shape[0]
-    for blk in numba.prange((m + BLOCK - 1) // BLOCK):
+    qb = PROJECT_BLOCK
+    a = np.float32(alpha)
+    dim4 = dim - dim % 4
+    for blk in numba.prange((m + qb - 1) // qb):
+        lo = blk * qb
+        cnt = min(m, lo + qb) - lo
+        xt = np.zeros((dim, qb), dtype=np.float32)
+        for i in range(cnt):
+            for e in range(dim):
+                xt[e, i] = x[lo + i, e]
+        dist = np.zeros((n, qb), dtype=np.float32)
+        for j in range(n):
+            acc = dist[j]
+            yj = y[j]
+            for e in range(0, dim4, 4):
+                c0, c1, c2, c3 = a * yj[e], a * yj[e + 1], a * yj[e + 2], a * yj[e + 3]
+                x0, x1, x2, x3 = xt[e], xt[e + 1], xt[e + 2], xt[e + 3]
+                for i in range(qb):
+                    t0 = x0[i] - c0
+                    t1 = x1[i] - c1
+                    t2 = x2[i] - c2
+                    t3 = x3[i] - c3
+                    acc[i] = (((acc[i] + t0 * t0) + t1 * t1) + t2 * t2) + t3 * t3
+            for e in range(dim4, dim):
+                ce = a * yj[e]
+                xe = xt[e]
+                for i in range(qb):
+                    t = xe[i] - ce
+                    acc[i] += t * t
         w = np.empty(n, dtype=np.float64)
-        sq = np.empty(x.shape[1], dtype=np.float32)
-        for i in range(blk * BLOCK, min(m, (blk + 1) * BLOCK)):
+        for i in range(cnt):
             for j in range(n):
-                w[j] = _sq_dist(x[i], y[j], alpha, sq)
-            _softmax_sum(w, y, inv, out[i])
+                w[j] = dist[j, i]
+            _softmax_sum(w, y, inv, out[lo + i])
 
 
 #: Queries per thread task of :func:`project`: their transposed block and running sums stay
