@@ -229,3 +229,18 @@ def test_16bit_inpaint_keeps_every_known_value(tmp_path, grey16):
     np.testing.assert_array_equal(got[~hole], a[~hole])  # bit for bit, in 16 bits
     assert a.min() <= got[hole].min() and got[hole].max() <= a.max()
     assert got[hole].std() > 0.3 * a.std()  # a textured fill, not a flat one
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "1", "I;16"])
+def test_header_probe_agrees_with_a_full_decode(tmp_path, mode):
+    from gigasid.io.images import decode_native
+
+    rng = np.random.default_rng(5)
+    rgb = Image.fromarray(rng.integers(0, 256, (9, 11, 3)).astype(np.uint8))
+    im = (rgb.convert(mode) if mode != "I;16"
+          else Image.fromarray(rng.integers(0, 60000, (9, 11)).astype(np.uint16)))
+    for name in ("x.png", "x.tif"):
+        if mode in ("P", "1", "LA") and name.endswith(".tif"):
+            continue
+        im.save(tmp_path / name)
+        assert probe_format(tmp_path / name) == pf.format_of(decode_native(tmp_path / name))

@@ -88,6 +88,41 @@ def decode_native(path: str | Path) -> np.ndarray:
         raise InputError(f"{p}: {exc}") from None
 
 
+def header_channels_8bit(path: str | Path) -> int | None:
+    """The channel count an 8-bit image decodes to (1, 3 or 4), read from its header alone;
+    None when the file is not 8-bit (its range must be read) or the header does not say."""
+    p = Path(path)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as tf:
+                series = tf.series[0]
+                shape, dtype = series.shape, series.dtype
+        except Exception:
+            return None
+        if dtype != np.uint8:
+            return None
+        if len(shape) == 2:
+            return 1
+        if len(shape) == 3:
+            c = shape[2] if shape[2] in (1, 2, 3, 4) else shape[0]
+            return {1: 1, 2: 4, 3: 3, 4: 4}.get(int(c))
+        return None
+    if _png_bit_depth(p) == 16:
+        return None
+    try:
+        with _open_pil(p) as im:
+            mode = im.mode
+    except Exception:
+        return None
+    if mode in ("1", "L"):
+        return 1
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return None
+    return 4 if mode in ("LA", "PA", "RGBA", "La", "RGBa") else 3
+
+
 def _png_header(p: Path) -> bytes:
     with open(p, "rb") as fh:
         head = fh.read(26)

@@ -189,9 +189,17 @@ def probe_format(path: str | Path) -> PixelFormat:
     8-bit files need only their header. 16-bit and float files are read once for their
     range: whole when they fit in memory, else streamed by libvips.
     """
-    from gigasid.io.images import MAX_IN_MEMORY_PIXELS, decode_native, image_shape
+    from gigasid.io.images import (
+        MAX_IN_MEMORY_PIXELS,
+        decode_native,
+        header_channels_8bit,
+        image_shape,
+    )
 
     h, w = image_shape(path)
+    channels = header_channels_8bit(path)
+    if channels is not None:
+        return PixelFormat(channels, "uint8")
     if h * w <= MAX_IN_MEMORY_PIXELS:
         return format_of(decode_native(path))
     import pyvips
