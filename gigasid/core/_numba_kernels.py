@@ -137,6 +137,18 @@ def _softmax_sum(w, rows, inv, out):  # pragma: no cover
             out[e] += wj * rows[j, e]
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _transposed_block(x, lo, count, width):  # pragma: no cover
+    """Rows ``lo .. lo + count`` of ``x`` as a ``(D, width)`` float32 block, column ``i``
+    holding row ``lo + i`` (zeros beyond ``count``): the layout whose innermost loop runs over
+    queries."""
+    xt = np.zeros((x.shape[1], width), dtype=np.float32)
+    for i in range(count):
+        for e in range(x.shape[1]):
+            xt[e, i] = x[lo + i, e]
+    return xt
+
+
 @numba.njit(**_OPTS)
 def exact_denoise(x, y, alpha, inv, out):  # pragma: no cover
     """The exact denoiser over every patch: ``out[i] = sum_j softmax_j(-||x_i - alpha y_j||^2
@@ -158,10 +170,7 @@ def exact_denoise(x, y, alpha, inv, out):  # pragma: no cover
     for blk in numba.prange((m + qb - 1) // qb):
         lo = blk * qb
         cnt = min(m, lo + qb) - lo
-        xt = np.zeros((dim, qb), dtype=np.float32)
-        for i in range(cnt):
-            for e in range(dim):
-                xt[e, i] = x[lo + i, e]
+        xt = _transposed_block(x, lo, cnt, qb)
         dist = np.zeros((n, qb), dtype=np.float32)
         for j in range(n):
             acc = dist[j]
@@ -213,10 +222,7 @@ def project(x, basis, scale, shift, out):  # pragma: no cover
     for blk in numba.prange((m + qb - 1) // qb):
         lo = blk * qb
         n = min(m, lo + qb) - lo
-        xt = np.zeros((dim, qb), dtype=np.float32)
-        for i in range(n):
-            for e in range(dim):
-                xt[e, i] = x[lo + i, e]
+        xt = _transposed_block(x, lo, n, qb)
         acc = np.zeros((d, qb), dtype=np.float32)
         for e in range(0, dim4, 4):
             x0, x1, x2, x3 = xt[e], xt[e + 1], xt[e + 2], xt[e + 3]
