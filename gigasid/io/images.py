@@ -78,7 +78,7 @@ def decode_native(path: str | Path) -> np.ndarray:
         raise InputError(f"input path is not a file: {p}")
     if p.suffix.lower() in (".tif", ".tiff"):
         arr = _read_tiff(p)
-    elif _png_bit_depth(p) == 16 and _png_colour(p) != 0:
+    elif _png_16bit_colour(p):
         arr = _read_vips(p)  # Pillow reads 16-bit colour PNGs as 8-bit
     else:
         arr = _read_pil(p)
@@ -134,9 +134,10 @@ def _png_bit_depth(p: Path) -> int:
     return head[24] if head else 0
 
 
-def _png_colour(p: Path) -> int:
+def _png_16bit_colour(p: Path) -> bool:
+    """A 16-bit PNG with colour (not plain grey), from one read of its header."""
     head = _png_header(p)
-    return head[25] if head else -1
+    return bool(head) and head[24] == 16 and head[25] != 0
 
 
 def _read_vips(p: Path) -> np.ndarray:

@@ -66,10 +66,6 @@ class PixelFormat:
         """8-bit RGB: the format every output wrote before formats were kept."""
         return self.channels == 3 and self.dtype == "uint8"
 
-    @property
-    def has_alpha(self) -> bool:
-        return self.channels == 4
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
