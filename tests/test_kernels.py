@@ -306,3 +306,21 @@ def test_squared_distance_stays_in_its_scratch_and_matches_float64(dim):
     out = np.empty((1, 1), np.float32)
     nk.sq_dists(x[None], y[None], np.zeros((1, 1), np.int64), 0.7, out)
     assert out[0, 0] == np.float32(py)
+
+
+def test_exact_denoise_bits_do_not_depend_on_the_thread_task_size():
+    """The exact kernel's block of queries (chosen from the query count and the threads)
+    only splits the work: every size gives the same bits."""
+    import numpy as np
+
+    nk = kernels._compiled()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(132, 75, generator=g).numpy()
+    y = torch.randn(300, 75, generator=g).numpy()
+    outs = []
+    for qb in (16, 32, 64):
+        out = np.empty_like(x)
+        nk.exact_denoise(x, y, 0.8, 3.0, out, qb)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    assert kernels.exact_block(132, 2) < kernels.exact_block(100_000, 2)

@@ -6,6 +6,11 @@ denoised. Here the domain of every scale is a mirror: only the leading half (lef
 the top-left quarter for ``both``) is stored and computed, and reads across the axis
 reflect. The state itself is symmetric at every step, the output is exactly symmetric (0/255
 difference with its flip) and each step costs about half (a quarter) of an ordinary one.
+Since the state is symmetric, a window in the trailing half reads the reflection of its
+partner in the leading half, and it takes the reflection of the partner's estimate (as a
+mirror image of the design should; :meth:`gigasid.core.domain.Axis.canonical_windows`):
+only the windows that start in the leading half are denoised, which halves the work at the
+coarse scales too, where the windows across the centre line are most of them.
 """
 
 from __future__ import annotations

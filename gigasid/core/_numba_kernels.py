@@ -150,21 +150,21 @@ def _transposed_block(x, lo, count, width):  # pragma: no cover
 
 
 @numba.njit(**_OPTS)
-def exact_denoise(x, y, alpha, inv, out):  # pragma: no cover
+def exact_denoise(x, y, alpha, inv, out, qb):  # pragma: no cover
     """The exact denoiser over every patch: ``out[i] = sum_j softmax_j(-||x_i - alpha y_j||^2
     inv) y_j`` with ``inv = 1 / (2 sigma^2)``, each distance from direct differences and each
     sum in a fixed order, so unlike a GEMM the result is the same for any batch, thread count
     and CPU.
 
-    As in :func:`project`, a block of :data:`PROJECT_BLOCK` queries is transposed so that the
-    innermost loop runs over queries: each query's squared differences are added in
-    dimension order (four per pass, written out), and the loop over the block's independent
-    sums vectorises without reordering any of them. The block's distances to every patch
-    (``PROJECT_BLOCK x N`` float32) are then turned into weights query by query.
+    As in :func:`project`, a block of ``qb`` queries (a thread task's share; no sum depends
+    on it) is transposed so that the innermost loop runs over queries: each query's squared
+    differences are added in dimension order (four per pass, written out), and the loop over
+    the block's independent sums vectorises without reordering any of them. The block's
+    distances to every patch (``qb x N`` float32) are then turned into weights query by
+    query.
     """
     m, dim = x.shape
     n = y.shape[0]
-    qb = PROJECT_BLOCK
     a = np.float32(alpha)
     dim4 = dim - dim % 4
     for blk in numba.prange((m + qb - 1) // qb):

@@ -11,7 +11,8 @@ domain what lies beyond a region's edge:
 * ``mirror`` - the image is mirror-symmetric about the axis's centre line (symmetric designs):
   only the leading half is stored and computed; every pixel of the trailing half is the
   reflection of one in the leading half. Patches and resampling see the whole (symmetric)
-  image with plane borders.
+  image with plane borders; the window grid is symmetric too, and a window in the trailing
+  half takes the reflected estimate of its partner (:meth:`Axis.canonical_windows`).
 
 Coordinates passed around are *full-image* coordinates; on a torus they may lie outside
 ``[0, size)`` (unwrapped). :meth:`Axis.stored` maps them to the stored array.
@@ -60,9 +61,31 @@ class Axis:
             raise ValueError(f"patch {patch} larger than axis {self.size}")
         if self.kind == "torus":
             return torch.arange(0, self.size, stride, dtype=torch.int64)
+        if self.kind == "mirror":
+            return mirror_starts(self.size, patch, stride)
         from gigasid.core.patches import patch_starts
 
         return patch_starts(self.size, patch, stride)
+
+    def canonical_windows(self, starts: torch.Tensor, patch: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(canonical, flipped)`` of each window: the window whose estimate it uses, and
+        whether that estimate is reflected first.
+
+        On a mirror axis the state is symmetric, so a window in the trailing half reads the
+        reflection of its partner ``size - patch - start`` and takes the reflection of the
+        partner's estimate: only windows that start in the leading half are denoised, and
+        the estimate is mirror-symmetric by construction (the trailing half sees the
+        reflected reference, as a mirror image should). On a torus a window and its copies
+        a period apart are one window (never flipped); on a plane each window is its own.
+        """
+        flipped = torch.zeros(starts.shape, dtype=torch.bool)
+        if self.kind == "mirror":
+            partner = self.size - patch - starts
+            return torch.minimum(starts, partner), starts > partner
+        if self.kind == "torus":
+            return self.stored(starts), flipped
+        return starts, flipped
 
     def starts_touching(self, patch: int, stride: int, lo: int, hi: int) -> torch.Tensor:
         """Unwrapped window starts whose window intersects ``[lo, hi)`` (ascending)."""
@@ -111,6 +134,25 @@ class Axis:
         idx = self.stored(torch.arange(lo, hi, dtype=torch.int64))
         a, b = int(idx.min()), int(idx.max()) + 1
         return a, b, idx - a
+
+
+def mirror_starts(size: int, patch: int, stride: int = 1) -> torch.Tensor:
+    """Window starts of a mirror axis: ``0, s, 2s, ...`` up to the middle (and the middle
+    itself), and their reflections, so that every window has its partner on the grid.
+
+    With ``stride = 1`` these are all the starts of a plane.
+
+    >>> mirror_starts(20, 5, 3).tolist()
+    [0, 3, 6, 7, 8, 9, 12, 15]
+    >>> mirror_starts(20, 5, 1).tolist() == list(range(16))
+    True
+    """
+    if patch > size:
+        raise ValueError(f"patch {patch} larger than axis {size}")
+    span = size - patch
+    left = torch.arange(0, span // 2 + 1, stride, dtype=torch.int64)
+    left = torch.unique(torch.cat([left, torch.tensor([span // 2])]))
+    return torch.unique(torch.cat([left, span - left]))
 
 
 @dataclass(frozen=True)

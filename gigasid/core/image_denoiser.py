@@ -42,22 +42,88 @@ def _coverage_1d(starts: torch.Tensor, g: torch.Tensor, lo: int, hi: int) -> tor
     return cov
 
 
-def _distinct(starts: torch.Tensor, axis) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Indices of the first of each distinct (wrapped) window, and where every window's
-    copy sits among them (None when all are distinct)."""
-    if axis.kind != "torus":
-        return torch.arange(len(starts)), None
-    wrapped = axis.stored(starts)
-    uniq, inverse = torch.unique(wrapped, return_inverse=True)
+def _distinct(starts: torch.Tensor, axis, patch: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The windows to denoise among ``starts`` and how the others reuse them.
+
+    Returns the indices of the first window of each distinct canonical window
+    (:meth:`~gigasid.core.domain.Axis.canonical_windows`: copies across a torus's wrap, or a
+    mirror partner), where every window's estimate sits among them (None when all are
+    distinct) and which windows take it reflected (None when none do). On a mirror axis
+    the first of a pair is the partner in the leading half, so it is never reflected.
+    """
+    if axis.kind == "plane":
+        return torch.arange(len(starts)), None, None
+    canon, flipped = axis.canonical_windows(starts, patch)
+    uniq, inverse = torch.unique(canon, return_inverse=True)
     if len(uniq) == len(starts):
-        return torch.arange(len(starts)), None
+        return torch.arange(len(starts)), None, None
     first = torch.full((len(uniq),), len(starts), dtype=torch.int64)
     first.scatter_reduce_(0, inverse, torch.arange(len(starts)), reduce="amin")
     # keep the distinct windows in the order of their first appearance
     order = torch.argsort(first)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
-    return first[order], rank[inverse]
+    return first[order], rank[inverse], (flipped if bool(flipped.any()) else None)
+
+
+def _axis_parts(starts: torch.Tensor, index: torch.Tensor | None,
+                flip: torch.Tensor | None) -> list:
+    """The windows of one axis split by whether they take a reflected estimate:
+    ``(starts, index, used)`` per part, ``used`` the estimate entries to reflect (None for
+    the part that reads ``est`` as it is)."""
+    if flip is None:
+        return [(starts, index, None)]
+    used = torch.unique(index[flip])
+    parts = [(starts[~flip], index[~flip], None),
+             (starts[flip], torch.searchsorted(used, index[flip]), used)]
+    return [p for p in parts if len(p[0])]
+
+
+def _fold_estimates(est: torch.Tensor, c: int, patch: int, ys: torch.Tensor,
+                    y_map: tuple, xs: torch.Tensor, x_map: tuple, out: torch.Tensor,
+                    weight: torch.Tensor) -> None:
+    """Fold the estimates ``est`` ``(ny, nx, D)`` of the distinct windows at every window
+    ``ys x xs`` (canvas offsets) into ``out``; ``y_map`` / ``x_map`` are ``(index, flip)``
+    of :func:`_distinct`. Windows that take a mirror partner's estimate are folded in a
+    second pass from reflected copies of the few entries they use: the order in which a
+    pixel's contributions are added depends only on the windows, not on the region."""
+    for yp, rows, ry in _axis_parts(ys, *y_map):
+        for xp, cols, rx in _axis_parts(xs, *x_map):
+            grid = est
+            if ry is not None or rx is not None:
+                grid = est.view(est.shape[0], est.shape[1], c, patch, patch)
+                if ry is not None:
+                    grid = grid.index_select(0, ry.to(grid.device)).flip(3)
+                if rx is not None:
+                    grid = grid.index_select(1, rx.to(grid.device)).flip(4)
+                grid = grid.reshape(grid.shape[0], grid.shape[1], -1)
+            P.fold(grid, yp, xp, patch, c, out=out, rows=rows, cols=cols, weight=weight)
+
+
+def _row_chunks(ys: torch.Tensor, axis, patch: int, band: int):
+    """``(key, indices)`` of the chunks of patch rows that are denoised together.
+
+    Chunks lie on a grid of ``band`` rows fixed by the scale (not by the region). On a plane
+    they are consecutive runs of ``ys``; on a torus the grid is that of the wrapped starts
+    (a pixel computed across the wrap or not gets its contributions in the same order), so
+    the first and last run can hold the same rows (same key); on a mirror axis a chunk
+    gathers the windows whose canonical rows fall in it, partners included.
+    """
+    if axis.kind == "mirror":
+        canon, _ = axis.canonical_windows(ys, patch)
+        chunk_id = torch.div(canon, band, rounding_mode="floor")
+        for k in torch.unique(chunk_id).tolist():
+            yield k, torch.nonzero(chunk_id == k).flatten()
+        return
+    chunk_id = torch.div(axis.stored(ys) if axis.kind == "torus" else ys, band,
+                         rounding_mode="floor")
+    edges = [0, *(torch.nonzero(chunk_id[1:] != chunk_id[:-1]).flatten() + 1).tolist(),
+             len(ys)]
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        # on a torus the first and last chunk can hold the same wrapped rows
+        key = tuple(axis.stored(ys[a:b]).tolist()) if axis.kind == "torus" else a
+        yield key, torch.arange(a, b)
 
 
 def denoise_region(
@@ -121,26 +187,16 @@ def denoise_region(
     # alone (a halo or a torus's far side is never summed); torch's fold gets the span.
     cy0, cx0, cy1, cx1 = (y0, x0, y1, x1) if kernels.enabled(x) else (sy0, sx0, sy1, sx1)
     num = torch.zeros((c, cy1 - cy0, cx1 - cx0), dtype=torch.float32, device=x.device)
-    # Chunks of patch rows on a grid of `band` pixel rows fixed by the scale's width (on a
-    # torus, by the wrapped start, so that a pixel computed across the wrap or not gets its
-    # contributions in the same order); consecutive runs of one chunk id form one call.
+    # Chunks of patch rows on a grid of `band` pixel rows fixed by the scale's width
+    # (_row_chunks); each distinct window is denoised once and folded wherever it appears.
     per_row = len(domain.x.patch_grid(patch, stride))
     band = max(1, chunk_patches // per_row) * stride
-    chunk_id = torch.div(domain.y.stored(ys) if domain.y.kind == "torus" else ys, band,
-                         rounding_mode="floor")
-    edges = [0, *(torch.nonzero(chunk_id[1:] != chunk_id[:-1]).flatten() + 1).tolist(),
-             len(ys)]
-    # On a torus a window that crosses the wrap can appear twice (at s and s - size) when a
-    # region reaches all the way round: each distinct window is denoised once (the denoiser
-    # is batch invariant, so the copies get the same bits) and folded at both places.
-    x_first, x_copy = _distinct(xs, domain.x)
+    x_first, x_copy, x_flip = _distinct(xs, domain.x, patch)
     xs_local = xs[x_first] - ox
     done: dict[tuple, torch.Tensor] = {}
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        yc = ys[a:b]
-        # on a torus the first and last chunk can hold the same wrapped rows
-        key = tuple(domain.y.stored(yc).tolist()) if domain.y.kind == "torus" else a
-        y_first, y_copy = _distinct(yc, domain.y)
+    for key, idx in _row_chunks(ys, domain.y, patch, band):
+        yc = ys[idx]
+        y_first, y_copy, y_flip = _distinct(yc, domain.y, patch)
         if key not in done:
             q = P.extract(x, yc[y_first] - oy, xs_local, patch)
             est = denoiser(q, alpha, sigma).to(torch.float32)
@@ -148,8 +204,8 @@ def denoise_region(
         est = done[key] if domain.y.kind == "torus" else done.pop(key)
         # windows seen twice (across the wrap) are folded twice straight from `est`; the
         # fold applies the window weights as it adds (the bits of est * wflat)
-        P.fold(est, yc - cy0, xs - cx0, patch, c, out=num, rows=y_copy, cols=x_copy,
-               weight=wflat.to(est.device))
+        _fold_estimates(est, c, patch, yc - cy0, (y_copy, y_flip), xs - cx0,
+                        (x_copy, x_flip), num, wflat.to(est.device))
     # The normaliser is separable because the window and the grid are.
     cy = _coverage_1d(ys, g, y0, y1)
     cx = _coverage_1d(xs, g, x0, x1)

@@ -139,10 +139,19 @@ def denoise_image(x: torch.Tensor, domain: Domain, patch: int, stride: int,
     # patches[a, b] = x[:, iy[a], :][:, :, ix[b]] -> (ny, nx, C, P, P)
     pt = x[:, iy][:, :, :, ix]  # (C, ny, P, nx, P)
     q = pt.permute(1, 3, 0, 2, 4).reshape(ny * nx, c * patch * patch)
-    est = denoiser(q, alpha, sigma).to(torch.float32)
+    est = denoiser(q, alpha, sigma).to(torch.float32).view(ny, nx, c, patch, patch)
+    # a window of a mirror axis's trailing half takes its partner's estimate, reflected
+    for dim, axis in ((0, domain.y), (1, domain.x)):
+        starts = axis.patch_grid(patch, stride)
+        canon, flipped = axis.canonical_windows(starts, patch)
+        if axis.kind == "mirror":
+            est = est.index_select(dim, torch.searchsorted(starts, canon))
+            flip = est.flip(dim + 3)
+            mask = flipped.view(-1, 1, 1, 1, 1) if dim == 0 else flipped.view(1, -1, 1, 1, 1)
+            est = torch.where(mask, flip, est)
     g = window.to(torch.float64)
     w2 = (g[:, None] * g[None, :]).to(torch.float32)
-    est = (est.view(ny, nx, c, patch, patch) * w2).permute(2, 0, 3, 1, 4)  # (C, ny, P, nx, P)
+    est = (est * w2).permute(2, 0, 3, 1, 4)  # (C, ny, P, nx, P)
     pix = (iy[:, :, None, None] * w + ix[None, None, :, :]).reshape(-1)
     num = torch.zeros(c, h * w, dtype=torch.float32)
     num.index_add_(1, pix, est.reshape(c, -1))

@@ -319,10 +319,15 @@ def ann_index_choice(cfg: JobConfig, n: int, patch_dim: int) -> tuple[str, int]:
 
 
 def _queries(domain, patch: int, stride: int) -> int:
-    """Query patches a step denoises: those touching the stored part of the domain."""
-    ny = len(domain.y.starts_touching(patch, stride, 0, domain.y.stored_size))
-    nx = len(domain.x.starts_touching(patch, stride, 0, domain.x.stored_size))
-    return ny * nx
+    """Query patches a step denoises: the distinct windows (a mirror partner is reused)
+    among those touching the stored part of the domain."""
+    import torch
+
+    def count(axis) -> int:
+        starts = axis.starts_touching(patch, stride, 0, axis.stored_size)
+        return len(torch.unique(axis.canonical_windows(starts, patch)[0]))
+
+    return count(domain.y) * count(domain.x)
 
 
 def _estimate(plan: JobPlan, cfg: JobConfig) -> None:
