@@ -155,16 +155,20 @@ def exact_denoise(x: torch.Tensor, y: torch.Tensor, alpha: float, sigma: float) 
     return out
 
 
+#: Largest thread task of :func:`exact_denoise` (queries).
+EXACT_BLOCK = 64
+
+
 def exact_block(m: int, threads: int) -> int:
-    """Queries per thread task of :func:`exact_denoise`: :data:`_numba_kernels.PROJECT_BLOCK`
-    (the width its inner loop vectorises best at) unless that leaves fewer than two tasks per
-    thread, then halved down to 16, so that a few hundred coarse-scale queries still keep
-    every thread busy. The result does not depend on it (each query's sums are its own).
+    """Queries per thread task of :func:`exact_denoise`: :data:`EXACT_BLOCK` (the width its
+    inner loop vectorises best at) unless that leaves fewer than two tasks per thread, then
+    halved down to 16, so that a few hundred coarse-scale queries still keep every thread
+    busy. The result does not depend on it (each query's sums are its own).
 
     >>> exact_block(10_000, 2), exact_block(132, 2), exact_block(20, 2)
     (64, 32, 16)
     """
-    qb = 64
+    qb = EXACT_BLOCK
     while qb > 16 and -(-m // qb) < 2 * threads:
         qb //= 2
     return qb

@@ -142,9 +142,9 @@ def denoise_image(x: torch.Tensor, domain: Domain, patch: int, stride: int,
     est = denoiser(q, alpha, sigma).to(torch.float32).view(ny, nx, c, patch, patch)
     # a window of a mirror axis's trailing half takes its partner's estimate, reflected
     for dim, axis in ((0, domain.y), (1, domain.x)):
-        starts = axis.patch_grid(patch, stride)
-        canon, flipped = axis.canonical_windows(starts, patch)
         if axis.kind == "mirror":
+            starts = axis.patch_grid(patch, stride)
+            canon, flipped = axis.canonical_windows(starts, patch)
             est = est.index_select(dim, torch.searchsorted(starts, canon))
             flip = est.flip(dim + 3)
             mask = flipped.view(-1, 1, 1, 1, 1) if dim == 0 else flipped.view(1, -1, 1, 1, 1)
